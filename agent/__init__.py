@@ -1,0 +1,1 @@
+"""The agent: one episode runner (observe → prompt → policy → ground → safety → execute → feedback)."""

@@ -1,0 +1,1 @@
+"""The `lam` CLI, typed configs, the pipeline driver and launchers."""

@@ -1,0 +1,112 @@
+"""The trajectory record: one row per step. The project's central contract; change it deliberately
+and bump SCHEMA_VERSION (readers refuse a mismatch instead of silently mis-reading)."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+
+from agent.episode import Episode
+
+SCHEMA_VERSION = 1
+
+TRAJECTORY_SCHEMA = pa.schema(
+    [
+        ("episode_id", pa.string()),
+        ("step", pa.int32()),
+        ("env", pa.string()),
+        ("level", pa.string()),
+        ("task_id", pa.string()),
+        ("split", pa.string()),
+        ("seed", pa.int64()),
+        ("request", pa.string()),
+        ("state", pa.string()),  # rendered text the policy saw before acting
+        ("prev_feedback", pa.string()),  # feedback on the previous action, shown with `state`
+        ("raw_output", pa.string()),  # policy output before grounding
+        ("action", pa.string()),  # grounded action ("" if grounding failed on every try)
+        ("valid", pa.bool_()),
+        ("retries", pa.int32()),
+        ("blocked", pa.bool_()),
+        ("feedback", pa.string()),  # the environment's answer to `action`
+        ("reward", pa.float32()),
+        ("done", pa.bool_()),  # last step of the episode
+        ("claimed_done", pa.bool_()),  # the agent said it finished
+        ("verified_success", pa.bool_()),  # the environment verified success (at this step)
+        ("episode_success", pa.bool_()),  # the environment's final verdict for the episode
+        ("end_reason", pa.string()),
+        ("policy", pa.string()),
+        ("model", pa.string()),
+        ("episode_hash", pa.string()),  # identical episodes share it (de-duplication)
+        ("code_version", pa.string()),
+        ("created_at", pa.float64()),
+        ("latency_s", pa.float32()),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def episode_hash(ep: Episode) -> str:
+    h = hashlib.sha1()
+    h.update(f"{ep.task.level}\n{ep.request}\n".encode())
+    for s in ep.steps:
+        h.update(f"{s.state}\x00{s.action}\x01".encode())
+    return h.hexdigest()[:20]
+
+
+def episode_to_records(ep: Episode, model: str = "", created_at: float | None = None) -> list[dict]:
+    created_at = time.time() if created_at is None else created_at
+    digest, version = episode_hash(ep), code_version()
+    n = len(ep.steps)
+    return [
+        {
+            "episode_id": ep.episode_id,
+            "step": s.step,
+            "env": ep.task.env,
+            "level": ep.task.level,
+            "task_id": ep.task.task_id,
+            "split": ep.task.split,
+            "seed": ep.task.seed,
+            "request": ep.request,
+            "state": s.state,
+            "prev_feedback": s.prev_feedback,
+            "raw_output": s.raw_output,
+            "action": s.action,
+            "valid": s.valid,
+            "retries": s.retries,
+            "blocked": s.blocked,
+            "feedback": s.feedback,
+            "reward": s.reward,
+            "done": i == n - 1,
+            "claimed_done": s.claimed_done,
+            "verified_success": s.verified_success,
+            "episode_success": ep.success,
+            "end_reason": ep.end_reason,
+            "policy": ep.policy,
+            "model": model,
+            "episode_hash": digest,
+            "code_version": version,
+            "created_at": created_at,
+            "latency_s": s.latency_s,
+            "schema_version": SCHEMA_VERSION,
+        }
+        for i, s in enumerate(ep.steps)
+    ]
+
+
+def records_to_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=TRAJECTORY_SCHEMA)

@@ -1,0 +1,175 @@
+"""BabyAI (package `minigrid`) as a lam-stack environment, with the BabyAI bot as its expert.
+
+Actions are text ("turn left", "go forward", ...). The verdict is minigrid's own instruction
+verifier: `success` is True only when the level's mission verifier said "success".
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the BabyAI levels with gymnasium)
+from minigrid.core.actions import Actions
+
+from envs.babyai_text import describe_object, render_view
+from envs.base import Action, Observation, StepResult, Task
+
+# Text actions, in minigrid's action order (index == minigrid action id).
+ACTION_NAMES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
+ACTION_TO_ID = {name: i for i, name in enumerate(ACTION_NAMES)}
+
+# The bot cannot solve these (minigrid's own BabyAIBot docstring), so they are not offered.
+BOT_UNSOLVABLE = {
+    "BabyAI-PutNextS5N2Carrying-v0",
+    "BabyAI-PutNextS6N3Carrying-v0",
+    "BabyAI-PutNextS7N4Carrying-v0",
+    "BabyAI-KeyInBox-v0",
+}
+# The bot loops forever on some seeds of these: collect them only with a per-episode time limit.
+BOT_NEEDS_TIME_LIMIT = {"BabyAI-UnlockToUnlock-v0"}
+
+
+def _all_levels() -> tuple[str, ...]:
+    ids = [k for k in gym.envs.registry if k.startswith("BabyAI-")]
+    return tuple(sorted(k for k in ids if k not in BOT_UNSOLVABLE))
+
+
+BABYAI_LEVELS = _all_levels()
+
+
+def _quiet():
+    # BabyAI's level generator prints "Sampling rejected" lines on stdout; keep them off the terminal.
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class BabyAIEnv:
+    """One BabyAI world. `reset(Task(...))` is `gym.make(level).reset(seed=seed)`, so any
+    recorded episode replays in plain minigrid with the same level, seed and actions."""
+
+    name = "babyai"
+
+    def __init__(self) -> None:
+        self._envs: dict[str, gym.Env] = {}
+        self._env: gym.Env | None = None
+        self._success = False
+        self.task: Task | None = None
+
+    # -- Environment protocol ---------------------------------------------------------
+    def reset(self, task: Task) -> Observation:
+        if task.level not in self._envs:
+            if task.level not in BABYAI_LEVELS:
+                raise ValueError(f"unknown BabyAI level {task.level!r}")
+            self._envs[task.level] = gym.make(task.level)
+        self._env = self._envs[task.level]
+        with _quiet():
+            self._env.reset(seed=task.seed)
+        self.task = task
+        self._success = False
+        return self.observe()
+
+    def step(self, action: Action) -> StepResult:
+        if self._env is None:
+            raise RuntimeError("step() before reset()")
+        if action.name not in ACTION_TO_ID:
+            raise ValueError(f"unknown BabyAI action {action.name!r}; valid: {', '.join(ACTION_NAMES)}")
+        before = self._snapshot()
+        _, reward, terminated, truncated, _ = self._env.step(ACTION_TO_ID[action.name])
+        self._success = self._success or (terminated and reward > 0)
+        return StepResult(
+            observation=self.observe(),
+            reward=float(reward),
+            feedback=self._feedback(action.name, before),
+            success=self._success,
+            terminated=bool(terminated or truncated),
+            progress=1.0 if self._success else 0.0,
+        )
+
+    def action_names(self) -> list[str]:
+        return list(ACTION_NAMES)
+
+    def action_safety(self, action: Action) -> str:
+        return "allowed"  # nothing in a grid world is destructive outside the episode
+
+    def make_expert(self) -> "BabyAIBotExpert":
+        """The BabyAI bot for the episode just reset."""
+        return BabyAIBotExpert(self)
+
+    @property
+    def success(self) -> bool:
+        return self._success
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+    # -- helpers -----------------------------------------------------------------------
+    @property
+    def unwrapped(self):
+        return self._env.unwrapped
+
+    def observe(self) -> Observation:
+        u = self.unwrapped
+        obs = u.gen_obs()
+        carrying = describe_object(u.carrying.type, u.carrying.color, 0) if u.carrying else None
+        return Observation(request=u.mission, state=render_view(obs["image"], u.agent_dir, carrying))
+
+    def _snapshot(self):
+        u = self.unwrapped
+        fwd = u.grid.get(*u.front_pos)
+        return (tuple(u.agent_pos), u.agent_dir, u.carrying, fwd, getattr(fwd, "is_open", None))
+
+    def _feedback(self, action: str, before) -> str:
+        """Say what changed, and only when it is not obvious, to keep prompts short."""
+        pos, _, carrying, fwd, was_open = before
+        u = self.unwrapped
+        name = lambda o: describe_object(o.type, o.color, 0)[2:] if o else "nothing"  # noqa: E731
+        if action == "go forward" and tuple(u.agent_pos) == pos:
+            return f"blocked by the {name(fwd)}" if fwd else "blocked"
+        if action == "pick up":
+            if u.carrying is not None and carrying is None:
+                return f"picked up the {name(u.carrying)}"
+            return "nothing picked up"
+        if action == "drop":
+            return f"dropped the {name(carrying)}" if carrying and u.carrying is None else "nothing dropped"
+        if action == "toggle":
+            now = u.grid.get(*u.front_pos)
+            if now is not None and getattr(now, "is_open", None) is not None and now.is_open != was_open:
+                return f"the {name(now)} is now {'open' if now.is_open else 'closed'}"
+            return "nothing happened"
+        return ""
+
+
+class BabyAIBotExpert:
+    """minigrid's BabyAIBot behind the expert interface. Build one per episode, after reset."""
+
+    def __init__(self, env: BabyAIEnv) -> None:
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        self._bot = BabyAIBot(env._env)
+        self._last: int | None = None
+
+    def act(self) -> Action:
+        action = self._bot.replan(self._last)
+        self._last = int(action)
+        return Action(ACTION_NAMES[int(action)])
+
+
+def replay(level: str, seed: int, actions: list[str]) -> bool:
+    """Replay actions in a fresh plain minigrid env and return its verdict (used to audit reports)."""
+    env = gym.make(level)
+    with _quiet():
+        env.reset(seed=seed)
+    success = False
+    for a in actions:
+        _, reward, terminated, truncated, _ = env.step(ACTION_TO_ID[a])
+        if terminated and reward > 0:
+            success = True
+        if terminated or truncated:
+            break
+    env.close()
+    return success
+
+
+assert list(Actions)[:7] == [Actions(i) for i in range(7)]
