@@ -30,7 +30,7 @@ def ground_text_action(raw: str, valid: list[str]) -> Grounded:
     text = (raw or "").strip().splitlines()[0].strip().lower() if (raw or "").strip() else ""
     text = re.sub(r"[^a-z ]+", " ", text)
     text = re.sub(r"\s+", " ", text).strip()
-    if not text:
+    if not (raw or "").strip():
         return Grounded(None, f"empty action; reply with one of: {', '.join(valid)}")
     candidate = text if text in valid else ALIASES.get(text)
     if candidate is None:

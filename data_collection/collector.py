@@ -7,17 +7,15 @@ episodes over their time limit are dropped and counted; identical episodes are k
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.episode import RunnerConfig, run_episode
-from agent.policies import ExpertPolicy, ModelPolicy, RandomPolicy
+from agent.worker import AgentWorker
 from data_collection.schema import episode_to_records
 from data_collection.store import TrajectoryStore
 from envs.base import Task
-from envs.registry import make_env, sample_tasks
+from envs.registry import sample_tasks
 
 
 @dataclass
@@ -35,51 +33,18 @@ class CollectConfig:
     split: str = "train"
 
 
-def build_policy(spec: dict):
-    kind = spec.get("kind", "expert")
-    if kind == "expert":
-        return ExpertPolicy()
-    if kind == "random":
-        return RandomPolicy(seed=int(spec.get("seed", 0)))
-    if kind == "model":
-        return ModelPolicy(
-            base_url=spec["base_url"],
-            model=spec["model"],
-            temperature=float(spec.get("temperature", 0.0)),
-            max_tokens=int(spec.get("max_tokens", 16)),
-            seed=int(spec.get("seed", 0)),
-            api_key=spec.get("api_key", os.environ.get("LAM_API_KEY", "EMPTY")),
-        )
-    raise ValueError(f"unknown policy kind {kind!r}: expected expert, random or model")
+def _episode_records(worker: AgentWorker, tasks: list[Task], id_prefix: str) -> list[list[dict]]:
+    out = []
+    for ep in worker.run(tasks, id_prefix):
+        out.append(episode_to_records(ep, model=worker.model) if ep.steps else [_empty_record(ep)])
+    return out
 
 
-class EpisodeWorker:
-    """Runs episodes for a list of tasks; one instance per Ray actor (or in-process)."""
+class CollectorWorker(AgentWorker):
+    """An agent worker that returns trajectory records (what the driver writes as shards)."""
 
-    def __init__(self, env: str, runner: dict, policy: dict) -> None:
-        try:
-            import torch
-
-            torch.set_num_threads(1)  # 2 cores shared by many processes: oversubscription is 100x slower
-        except ImportError:
-            pass
-        self.env = make_env(env)
-        self.runner = RunnerConfig(**runner)
-        self.policy = build_policy(policy)
-        self.model = policy.get("model", "")
-
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def run(self, tasks: list[Task], id_prefix: str) -> list[list[dict]]:
-        """Records per episode; episode ids are deterministic so a re-run replaces, never duplicates."""
-        out = []
-        for task in tasks:
-            ep = run_episode(self.env, self.policy, task, self.runner, episode_id=f"{id_prefix}-{task.level}-{task.seed}")
-            out.append(episode_to_records(ep, model=self.model) if ep.steps else [_empty_record(ep)])
-        return out
+    def collect(self, tasks: list[Task], id_prefix: str) -> list[list[dict]]:
+        return _episode_records(self, tasks, id_prefix)
 
 
 def _empty_record(ep) -> dict:
@@ -109,7 +74,7 @@ def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True) -> 
 
     started = init_ray()
     runner = {"max_steps": cfg.max_steps, "time_limit_s": cfg.time_limit_s}
-    Actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(EpisodeWorker)
+    Actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(CollectorWorker)
     actors = [Actor.remote(cfg.env, runner, cfg.policy) for _ in range(max(1, cfg.workers))]
     stats = {"episodes": 0, "kept": 0, "failures": 0, "dropped_time_limit": 0, "duplicates": 0}
     t0 = time.perf_counter()
@@ -123,7 +88,7 @@ def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True) -> 
                 while queue and free:
                     name, chunk = queue.pop(0)
                     actor = free.pop()
-                    in_flight[actor.run.remote(chunk, name)] = (name, actor)
+                    in_flight[actor.collect.remote(chunk, name)] = (name, actor)
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 name, actor = in_flight.pop(ready[0])
                 free.append(actor)

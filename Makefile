@@ -1,0 +1,30 @@
+# make quickstart   — create .venv if missing, install, run the whole pipeline on CPU
+# make test         — same setup, then the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lam-installed
+PIP := $(PY) -m pip install -qq --disable-pip-version-check
+
+.PHONY: quickstart test test-all install clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+	# torch first, pinned: the CPU wheel, so no dependency can pull a CUDA build
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/lam pipeline --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,1 @@
+"""Stage 4: evaluate agents with Ray actors; metrics, reports, replays."""

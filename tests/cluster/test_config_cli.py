@@ -1,0 +1,53 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.config import ConfigError, ensure_writable, load_pipeline_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_config_loads_and_mirrors_the_dataclasses():
+    cfg = load_pipeline_config(ROOT / "configs" / "quickstart.yaml")
+    assert cfg.collect.levels == ["BabyAI-GoToLocal-v0"] and cfg.eval.episodes >= 200
+    assert cfg.train.history_window == 8
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("collect:\n  episodez: 3\n", "unknown key 'collect.episodez'"),
+        ("colect: {}\n", "unknown key 'colect'"),
+        ("collect:\n  levels: [BabyAI-Nope-v0]\n", "unknown level 'BabyAI-Nope-v0'"),
+        ("eval:\n  levels: [BabyAI-Nope-v1]\n", "eval.levels: unknown level"),
+        ("train:\n  zero_stage: 7\n", "train.zero_stage"),
+        ("collect: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_configs_fail_with_one_line_naming_the_problem(tmp_path, text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline_config(p)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unwritable_run_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        ensure_writable(blocker / "run")
+
+
+def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("collect:\n  bogus: 1\n")
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "pipeline", "--config", str(p)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"lam pipeline: error: {p}: unknown key 'collect.bogus'"
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "pipeline", "--config", str(p),
+                        "--run-dir", "/proc/nope"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr

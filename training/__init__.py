@@ -1,0 +1,1 @@
+"""Stage 2: tokenizer, SFT samples, DeepSpeed engine, checkpoints and Hugging Face export."""

@@ -1,0 +1,273 @@
+"""Imitation training of an action model through a real DeepSpeed engine (ZeRO 0-3; gloo on CPU).
+
+    lam train --data runs/qs/data --config configs/train/tiny.yaml --out runs/qs/train
+    deepspeed --num_gpus 2 -m training.train --data DIR --config CFG --out DIR      # several ranks
+    torchrun --nproc_per_node 2 -m training.train --data DIR --config CFG --out DIR
+
+Reads trajectory shards, trains a tokenizer on them, renders samples with the agent's prompt
+renderer, trains with loss on action tokens only, checkpoints, and exports a Hugging Face model
+directory (config, safetensors, tokenizer with chat template) that serving and vLLM load.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # Llama size preset ("tiny", "small", ...) or a local Hugging Face model directory
+    model: str = "tiny"
+    # BPE vocabulary size of the tokenizer trained on the collected text (ignored for a local model)
+    vocab_size: int = 2048
+    # steps of history per sample window; must equal the agent's history_window at inference
+    history_window: int = 8
+    max_seq_len: int = 1024
+    # tokens (including padding) per micro-batch; batches hold samples of similar length
+    tokens_per_batch: int = 4096
+    epochs: float = 2.0
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    zero_stage: int = Field(0, ge=0, le=3)
+    bf16: bool = False
+    offload_optimizer: bool = False
+    deepspeed_json: str | None = None  # raw DeepSpeed JSON that replaces the generated one
+    checkpoint_every: int = 500  # optimizer steps; 0 = only at the end
+    time_budget_s: float | None = None  # stop early (and still export) after this long
+    eval_fraction: float = 0.02
+    threads: int | None = None  # torch threads per rank (default: cores / ranks)
+    seed: int = 0
+
+
+def _setup_dist() -> tuple[int, int]:
+    import torch
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # DeepSpeed builds its CPU comm op once; keep the build inside the venv.
+        venv = os.environ.get("VIRTUAL_ENV") or str(Path(__import__("sys").prefix))
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(venv) / "torch_extensions"))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def train(data_dir: str, out_dir: str, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    rank, world = _setup_dist()
+    import deepspeed
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from data_collection.store import TrajectoryStore, group_episodes
+    from envs.registry import get_env_spec
+    from training.export import export_hf
+    from training.metrics import MultiLogger
+    from training.model import ActionLoss, build_model
+    from training.samples import build_samples, collate, episode_conversations, make_batches
+    from training.tokenizer import ChatEncoder, load_tokenizer, train_tokenizer
+    from training.zero_config import deepspeed_config
+
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    records = TrajectoryStore(Path(data_dir)).read_records("train")
+    episodes = group_episodes(records)
+    env_name = records[0]["env"]
+    action_names = get_env_spec(env_name).factory().action_names()
+    convs = episode_conversations(episodes, action_names, cfg.history_window)
+
+    tok_dir = out / "tokenizer"
+    if Path(cfg.model).is_dir():
+        tokenizer = load_tokenizer(cfg.model)
+    elif (tok_dir / "tokenizer.json").exists() and resume:
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        if rank == 0:
+            texts = [m["content"] for c in convs[:20000] for m in c]
+            train_tokenizer(texts, vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
+        if world > 1:
+            deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+            torch.distributed.barrier()
+        tokenizer = load_tokenizer(tok_dir)
+
+    samples = build_samples(convs, ChatEncoder(tokenizer), cfg.max_seq_len)
+    split = max(1, int(len(samples) * cfg.eval_fraction))
+    eval_samples, train_samples = samples[:split], samples[split:]
+    lm = build_model(cfg.model, vocab_size=len(tokenizer), max_positions=cfg.max_seq_len, seed=cfg.seed)
+    model = ActionLoss(lm)
+
+    batches_per_epoch = len(make_batches(train_samples, cfg.tokens_per_batch, cfg.seed, 0)) // world
+    total_steps = max(1, int(batches_per_epoch * cfg.epochs) // cfg.grad_accum)
+
+    def lr_lambda(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    ds_config = deepspeed_config(
+        cfg.zero_stage, max(1, cfg.tokens_per_batch // 256), cfg.grad_accum, cfg.grad_clip, cfg.bf16,
+        offload_optimizer=cfg.offload_optimizer, raw_json=cfg.deepspeed_json,
+    )
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    device = engine.device
+
+    ckpt_dir = out / "checkpoints"
+    step, epoch, batch_pos = 0, 0, 0
+    if resume and (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        step, epoch, batch_pos = client["step"], client["epoch"], client["batch_pos"]
+    elif resume and rank == 0:
+        print(f"no checkpoint in {ckpt_dir}; starting from scratch")
+
+    if rank == 0:
+        (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
+        (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
+    logger = MultiLogger(out) if rank == 0 else None
+    n_params = sum(p.numel() for p in lm.parameters())
+    tokens_seen, t_window, tok_window, last_loss = 0, time.perf_counter(), 0, float("nan")
+    stopped_early = False
+
+    def save(tag_step: int) -> None:
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "epoch": epoch, "batch_pos": batch_pos})
+
+    columns = [TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps {task.fields[info]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress or rank != 0) as bar:
+        job = bar.add_task("train", total=total_steps, completed=step, info="")
+        while step < total_steps and not stopped_early:
+            batches = make_batches(train_samples, cfg.tokens_per_batch, cfg.seed, epoch)
+            mine = batches[rank::world][:batches_per_epoch]
+            while batch_pos < len(mine) and step < total_steps:
+                batch = {k: v.to(device) for k, v in collate(train_samples, mine[batch_pos], tokenizer.pad_token_id).items()}
+                loss, _ = engine(**batch)
+                engine.backward(loss)
+                engine.step()
+                batch_pos += 1
+                tok_window += int(batch["attention_mask"].sum())
+                if batch_pos % cfg.grad_accum:
+                    continue
+                step += 1
+                last_loss = float(loss.detach())
+                if rank == 0 and (step % 10 == 0 or step == total_steps):
+                    now = time.perf_counter()
+                    tps = tok_window * world / max(now - t_window, 1e-9)
+                    tokens_seen += tok_window * world
+                    t_window, tok_window = now, 0
+                    metrics = {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps, "epoch": epoch + batch_pos / max(1, len(mine))}
+                    if torch.cuda.is_available():
+                        peak = _peak_flops()
+                        metrics["mfu"] = 6 * n_params * tps / world / peak if peak else 0.0
+                    logger.log(step, metrics)
+                    bar.update(job, completed=step, info=f"loss {last_loss:.3f} {tps:,.0f} tok/s")
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    save(step)
+                if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                    stopped_early = True
+                    break
+            if batch_pos >= len(mine):
+                epoch, batch_pos = epoch + 1, 0
+    save(step)
+    eval_loss = evaluate_loss(engine.module, eval_samples, tokenizer.pad_token_id, cfg.tokens_per_batch, device)
+    export_dir = out / "export"
+    export_hf(engine, lm, tokenizer, export_dir, zero_stage=cfg.zero_stage, rank=rank)
+    summary = {
+        "steps": step,
+        "total_steps": total_steps,
+        "stopped_early": stopped_early,
+        "final_loss": last_loss,
+        "eval_loss": eval_loss,
+        "params": n_params,
+        "train_samples": len(train_samples),
+        "episodes": len(episodes),
+        "wall_s": time.perf_counter() - t_start,
+        "export": str(export_dir),
+    }
+    if rank == 0:
+        logger.log(step, {"eval_loss": eval_loss})
+        logger.close()
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def evaluate_loss(model, samples, pad_id: int, tokens_per_batch: int, device) -> float:
+    """Mean action-token loss; the same numbers for the engine and for a reloaded export."""
+    import torch
+
+    from training.samples import collate, make_batches
+
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for idx in make_batches(samples, tokens_per_batch, seed=0, epoch=0):
+            batch = {k: v.to(device) for k, v in collate(samples, idx, pad_id).items()}
+            loss, n = model(**batch)
+            total += float(loss) * n
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _peak_flops() -> float:
+    import torch
+
+    name = torch.cuda.get_device_name()
+    for key, flops in {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40": 181e12}.items():
+        if key in name:
+            return flops
+    return 0.0
+
+
+def main() -> None:
+    import argparse
+
+    import yaml
+
+    p = argparse.ArgumentParser(description="Train an action model (DeepSpeed).")
+    p.add_argument("--data", required=True)
+    p.add_argument("--config", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--local_rank", type=int, default=None)  # passed by the deepspeed launcher
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
+    a = p.parse_args()
+    raw = yaml.safe_load(Path(a.config).read_text()) if a.config else {}
+    raw = raw.get("train", raw) or {}
+    for kv in a.overrides:
+        k, _, v = kv.partition("=")
+        raw[k] = yaml.safe_load(v)
+    print(json.dumps(train(a.data, a.out, TrainConfig(**raw), resume=a.resume), indent=1))
+
+
+if __name__ == "__main__":
+    main()
