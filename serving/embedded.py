@@ -16,68 +16,19 @@ import dataclasses
 import inspect
 import logging
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
+                          PromptValidationError, QueueFullError, SamplingParams)
+
+__all__ = ["EmbeddedBackend", "GenerationHandle", "SamplingParams", "GenerationResult", "Choice", "BackendError",
+           "QueueFullError", "PromptValidationError", "BackendClosedError"]  # re-exported for callers
+
 log = logging.getLogger(__name__)
-
-# (choice index, text delta, finish_reason or None); called from the worker thread.
-EventCallback = Callable[[int, str, "str | None"], None]
-
-
-class BackendError(Exception):
-    """Base class of errors raised by `EmbeddedBackend.submit`."""
-
-
-class QueueFullError(BackendError):
-    """The request queue is full; the server answers 429 with Retry-After."""
-
-    def __init__(self, retry_after: float = 1.0):
-        super().__init__("server is busy: request queue is full, retry later")
-        self.retry_after = retry_after
-
-
-class PromptValidationError(BackendError, ValueError):
-    """A request can never be served as given (too long, bad max_tokens...); `param` names the field."""
-
-    def __init__(self, message: str, param: str | None):
-        super().__init__(message)
-        self.message, self.param = message, param
-
-
-class BackendClosedError(BackendError):
-    """The backend is shutting down."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int | None = None  # None -> min(max_new_tokens_limit, room left in the context)
-    temperature: float = 1.0  # 0 -> greedy
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None  # per-request torch.Generator; choice i uses seed + i
-    n: int = 1
-
-
-@dataclass
-class Choice:
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # 'stop' | 'length'
-
-
-@dataclass
-class GenerationResult:
-    choices: list[Choice]
-    prompt_tokens: int
-    completion_tokens: int
-
 
 class _Request:
     def __init__(self, prompt_ids, params, on_event, max_new):
@@ -130,6 +81,7 @@ class EmbeddedBackend:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.device = next(self.model.parameters()).device
         cfg = self.model.config.get_text_config()
+        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
                                or 2048)
         self.eos_ids = self._eos_ids()
@@ -149,7 +101,8 @@ class EmbeddedBackend:
         self._next: list[int] = []  # last sampled token per row = next decode input
         self._closing = False
         self.on_batch: Callable[[int, str], None] | None = None  # metrics hook: (rows, 'prefill'|'decode')
-        self.max_batch_seen = 0
+        self.max_batch_seen = 0  # largest forward batch so far (rows)
+        self.joined_rows = 0  # rows that joined an already running batch (continuous batching)
         self._worker = threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)
         self._worker.start()
 
@@ -253,7 +206,14 @@ class EmbeddedBackend:
             try:
                 with torch.inference_mode():
                     if admitted:
-                        self._prefill(admitted)
+                        try:
+                            self._prefill(admitted)
+                        except Exception as exc:
+                            if any(r.req in admitted for r in self._rows):
+                                raise  # failed after joining the batch: state unknown, reset below
+                            log.exception("prefill failed")  # the running batch is untouched: keep it
+                            for req in admitted:
+                                _fail(req, exc)
                         self._retire()
                     if self._rows:
                         self._decode_step()
@@ -269,12 +229,15 @@ class EmbeddedBackend:
         if self._rows and not _mergeable(self._cache):
             return []  # e.g. sliding-window caches: fall back to batching per round
         room, taken = self.max_batch_size - len(self._rows), []
-        while self._pending and self._pending[0].params.n <= room:
-            req = self._pending.popleft()
-            if req.cancelled or req.future.done():
-                continue
-            taken.append(req)
-            room -= req.params.n
+        while self._pending:
+            head = self._pending[0]
+            if head.cancelled or head.future.done():
+                self._pending.popleft()
+            elif head.params.n <= room:  # FIFO: a wide request is not overtaken by later ones
+                taken.append(self._pending.popleft())
+                room -= head.params.n
+            else:
+                break
         return taken
 
     def _forward(self, input_ids, mask, positions, cache):
@@ -312,6 +275,7 @@ class EmbeddedBackend:
         tokens = self._sample(logits, rows)
         if self._rows:  # join the running batch (only reached when both caches are mergeable)
             self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
+            self.joined_rows += len(rows)
             self._rows += rows
             self._next += tokens
         else:
@@ -339,15 +303,20 @@ class EmbeddedBackend:
         out = logits.argmax(dim=-1).tolist()  # greedy for every row; sampled rows overwrite below
         for i, r in enumerate(rows):
             p = r.req.params
-            if r.finish or p.temperature <= 0:
+            if r.finish or p.temperature < 1e-5:  # tiny temperatures overflow the softmax: same as greedy
                 continue
-            probs = torch.softmax(logits[i] / p.temperature, dim=-1)
-            if p.top_p < 1.0:  # nucleus: keep the smallest prefix of sorted tokens whose mass reaches top_p
-                sorted_p, idx = probs.sort(descending=True)
-                sorted_p[(sorted_p.cumsum(0) - sorted_p) >= p.top_p] = 0.0
-                out[i] = int(idx[torch.multinomial(sorted_p, 1, generator=r.gen)])
+            probs = torch.softmax(logits[i].double() / p.temperature, dim=-1)
+            if p.top_p < 1.0:  # nucleus: smallest prefix of sorted tokens whose mass reaches top_p
+                probs, idx = probs.sort(descending=True)
+                drop = (probs.cumsum(0) - probs) >= p.top_p
+                drop[0] = False  # the top token always survives, however small top_p is
+                probs[drop] = 0.0
             else:
-                out[i] = int(torch.multinomial(probs, 1, generator=r.gen))
+                idx = None
+            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+                continue  # degenerate logits: keep greedy rather than fail the whole batch
+            k = int(torch.multinomial(probs, 1, generator=r.gen))
+            out[i] = int(idx[k]) if idx is not None else k
         return out
 
     def _accept(self, r: _Row, token: int) -> None:
@@ -361,16 +330,18 @@ class EmbeddedBackend:
         else:
             r.out_ids.append(token)
             r.text = self.decode(r.out_ids)
-            cut = min((i for i in (r.text.find(s) for s in r.req.params.stop) if i >= 0), default=-1)
+            last = r.n_sampled >= r.req.max_new
+            # A trailing U+FFFD is an incomplete UTF-8 char the next token may complete: never match or emit it.
+            stable = r.text if last else r.text.rstrip("\ufffd")
+            cut = min((i for i in (stable.find(s) for s in r.req.params.stop) if i >= 0), default=-1)
             if cut >= 0:
                 r.text, r.finish = r.text[:cut], "stop"
-            elif r.n_sampled >= r.req.max_new:
+            elif last:
                 r.finish = "length"
         if r.finish:
             end = len(r.text)
-        else:  # hold back a possible stop-string prefix and an incomplete UTF-8 char (decodes to U+FFFD)
-            hold = max((len(s) for s in r.req.params.stop), default=1) - 1
-            end = len(r.text.rstrip("\ufffd")) - hold
+        else:  # also hold back what could be the start of a stop string
+            end = len(stable) - (max((len(s) for s in r.req.params.stop), default=1) - 1)
         if r.req.on_event is not None and (end > r.emitted or r.finish):
             try:
                 r.req.on_event(r.index, r.text[r.emitted:end] if end > r.emitted else "", r.finish)

@@ -178,7 +178,7 @@ def train(data_dir: str, out_dir: str, cfg: TrainConfig, resume: bool = False, p
                     continue
                 step += 1
                 last_loss = float(loss.detach())
-                if rank == 0 and (step % 10 == 0 or step == total_steps):
+                if rank == 0 and (step == 1 or step % 10 == 0 or step == total_steps):
                     now = time.perf_counter()
                     tps = tok_window * world / max(now - t_window, 1e-9)
                     tokens_seen += tok_window * world

@@ -11,6 +11,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+API_KEY = "test-key"  # key of the test servers
 SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
 
 # A few lines of text are enough for a byte-level BPE with a couple of hundred merges.
@@ -71,6 +72,11 @@ def build_tiny_model(out_dir: str | Path, *, max_position_embeddings: int = 256,
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def chat_prompt(backend, text: str) -> list[int]:
+    """Token ids of a one-user-message chat prompt, as the server builds them."""
+    return backend.encode(backend.render_chat([{"role": "user", "content": text}]))
 
 
 if __name__ == "__main__":

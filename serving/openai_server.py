@@ -1,0 +1,405 @@
+"""OpenAI-compatible HTTP API (FastAPI) over a batching backend such as serving.embedded.EmbeddedBackend.
+
+    python -m serving.server --model MODEL_DIR --port 8000
+    # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...").chat.completions.create(...)
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}], GET /health, GET /metrics.
+Handlers never run the model: they tokenize in a thread, `submit()` to the backend's worker thread and
+await its future, so concurrent requests share the worker's batches. Every client mistake is a 4xx in
+OpenAI's error shape {"error": {"message", "type", "param", "code"}}.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .chat_format import (MessageError, add_tools_system_prompt, extract_json_object, parse_tool_calls,
+                          to_template_messages, tools_for_template)
+from .backend_api import (BackendClosedError, BackendError, PromptValidationError, QueueFullError,
+                          SamplingParams)
+from .metrics import RequestCounterMiddleware, ServingMetrics
+from .schemas import (MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest, _Sampling,
+                      describe_validation_error)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_PROMPTS = 128  # prompts in one /v1/completions request
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
+
+
+def _error_json(status: int, message: str, type_: str, param=None, code=None, headers=None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _backend_error(exc: BackendError, max_param: str) -> APIError:
+    if isinstance(exc, PromptValidationError):
+        param = max_param if exc.param == "max_tokens" else exc.param
+        return APIError(400, exc.message, param=param, code="invalid_value")
+    if isinstance(exc, QueueFullError):
+        return APIError(429, str(exc), type_="rate_limit_error", code="rate_limit_exceeded",
+                        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+    if isinstance(exc, BackendClosedError):
+        return APIError(503, str(exc), type_="server_error", code="shutting_down")
+    return APIError(500, "generation failed", type_="server_error")
+
+
+class _EventStream:
+    """Bridges worker-thread token events into the event loop for SSE responses."""
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.open = 0
+
+    def _put(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # loop already closed (server shutting down)
+            pass
+
+    def callback(self, offset: int):
+        return lambda i, delta, finish: self._put((offset + i, delta, finish))
+
+    def watch(self, handle) -> None:
+        self.open += 1
+        handle.future.add_done_callback(lambda _f: self._put(None))
+
+    async def events(self):
+        while self.open:
+            item = await self.queue.get()
+            if item is None:
+                self.open -= 1
+            else:
+                yield item
+
+
+def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
+    """Build the FastAPI app; `api_key` (if set) is required as `Authorization: Bearer KEY` on /v1 routes."""
+    app = FastAPI(title="lam-stack serving", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = ServingMetrics(backend)
+    app.state.backend, app.state.metrics, app.state.model_name = backend, metrics, model_name
+    app.add_middleware(RequestCounterMiddleware, metrics=metrics)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_req, exc: APIError):
+        return _error_json(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error_json(exc.status_code, str(exc.detail), "invalid_request_error", None, code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req, _exc: Exception):
+        return _error_json(500, "internal server error", "server_error")
+
+    def check_auth(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key (use 'Authorization: Bearer KEY')",
+                           code="invalid_api_key")
+
+    async def parse_body(request: Request, cls):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:  # chunked uploads declare no length
+            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+            raise APIError(400, f"request body is not valid JSON: {str(e)[:200]}", code="invalid_json")
+        if not isinstance(data, dict):
+            raise APIError(400, "request body must be a JSON object", code="invalid_json")
+        try:  # "\ud800" escapes are valid JSON but not encodable text; tokenizers would fail on them later
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "request contains invalid unicode (unpaired surrogate escapes)", code="invalid_json")
+        try:
+            req = cls.model_validate(data)
+        except ValidationError as e:
+            message, param = describe_validation_error(e)
+            raise APIError(400, message, param=param, code="invalid_value")
+        if req.model != model_name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+        if req.logprobs not in (None, False):
+            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+        return req
+
+    def sampling(req: _Sampling, max_tokens: int | None) -> SamplingParams:
+        stops = req.stop_list()
+        if len(stops) > MAX_STOP_STRINGS:
+            raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
+        return SamplingParams(max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+                              top_p=1.0 if req.top_p is None else req.top_p, stop=stops, seed=req.seed, n=req.n or 1)
+
+    def submit_all(items, max_param: str, stream: _EventStream | None = None):
+        """Submit (prompt_ids, params, prompt_param) items; all-or-nothing so a 429 leaves no orphans."""
+        handles = []
+        try:
+            for k, (ids, params, prompt_param) in enumerate(items):
+                cb = stream.callback(k * params.n) if stream else None
+                handles.append(backend.submit(ids, params, cb, prompt_param))
+        except BackendError as e:
+            for h in handles:
+                h.cancel()
+            raise _backend_error(e, max_param)
+        if stream:
+            for h in handles:
+                stream.watch(h)
+        return handles
+
+    async def results(handles, max_param: str, request: Request):
+        waiter = asyncio.gather(*(asyncio.wrap_future(h.future) for h in handles))
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # mark retrieved: no log noise
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=0.5)
+                if done:
+                    return waiter.result()
+                # uvicorn does not cancel a handler whose client left: check, and free the batch rows
+                if await request.is_disconnected():
+                    raise APIError(499, "client disconnected", code="client_disconnected")
+        except BackendError as e:
+            raise _backend_error(e, max_param)
+        finally:
+            for h in handles:
+                if not h.future.done():
+                    h.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
+    def usage(res) -> dict:
+        p, c = sum(r.prompt_tokens for r in res), sum(r.completion_tokens for r in res)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    def stream_response(gen_fn, handles) -> StreamingResponse:
+        async def body():
+            try:
+                async for chunk in gen_fn():
+                    yield chunk
+                yield "data: [DONE]\n\n"
+            finally:  # also runs when the client disconnects mid-stream
+                for h in handles:
+                    if not h.future.done():
+                        h.cancel()
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def finished(handles) -> tuple[list, dict | None]:
+        """Results of finished handles, or an error payload to send as the last SSE event."""
+        res = []
+        for h in handles:
+            exc = None if h.future.cancelled() else h.future.exception()
+            if h.future.cancelled() or exc is not None:
+                err = _backend_error(exc, "max_tokens") if isinstance(exc, BackendError) else \
+                    APIError(500, "generation failed", type_="server_error")
+                return res, {"error": {"message": err.message, "type": err.type, "param": None, "code": err.code}}
+            res.append(h.future.result())
+        return res, None
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    def model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "lam-stack",
+                "max_model_len": getattr(backend, "max_context", None)}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        check_auth(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request):
+        check_auth(request)
+        if model_id != model_name:
+            raise APIError(404, f"model {model_id!r} does not exist", param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        check_auth(request)
+        started = time.monotonic()
+        req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
+        max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        params = sampling(req, req.max_completion_tokens or req.max_tokens)
+        use_tools = bool(req.tools) and req.tool_choice != "none"
+        want_json = req.response_format is not None and req.response_format.type != "text"
+        try:
+            messages = to_template_messages(req.messages)
+        except MessageError as e:
+            raise APIError(400, str(e), param=e.param)
+        tools = tools_for_template(req.tools) if use_tools else None
+        if tools and "tools" not in backend.chat_template:
+            messages, tools = add_tools_system_prompt(messages, tools), None
+
+        def render() -> list[int]:
+            try:
+                return backend.encode(backend.render_chat(messages, tools=tools))
+            except Exception as e:  # jinja errors (e.g. raise_exception on bad role order) are the client's
+                raise APIError(400, f"messages cannot be rendered with the chat template: {e}", param="messages")
+
+        prompt_ids = await asyncio.to_thread(render)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(choices: list, **extra) -> str:
+            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                         "choices": choices, **extra})
+
+        def message(choice) -> tuple[dict, str]:
+            content, calls = (parse_tool_calls(choice.text) if use_tools else (choice.text, []))
+            if want_json and content is not None:
+                content = extract_json_object(content)
+            msg = {"role": "assistant", "content": content}
+            if calls:
+                msg["tool_calls"] = calls
+            return msg, ("tool_calls" if calls else choice.finish_reason)
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream and not (use_tools or want_json):
+            es = _EventStream()
+            handles = submit_all([(prompt_ids, params, "messages")], max_param, es)
+
+            async def gen():
+                for i in range(params.n):
+                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None, "logprobs": None}])
+                async for i, delta, finish in es.events():
+                    if delta:
+                        yield chunk([{"index": i, "delta": {"content": delta}, "finish_reason": None,
+                                      "logprobs": None}])
+                    if finish:
+                        yield chunk([{"index": i, "delta": {}, "finish_reason": finish, "logprobs": None}])
+                res, error = finished(handles)
+                if error:
+                    yield _sse(error)
+                    return
+                metrics.observe_generation("/v1/chat/completions", started, **_token_counts(res))
+                if include_usage:
+                    yield chunk([], usage=usage(res))
+            return stream_response(gen, handles)
+
+        handles = submit_all([(prompt_ids, params, "messages")], max_param)
+        res = await results(handles, max_param, request)
+        metrics.observe_generation("/v1/chat/completions", started, **_token_counts(res))
+        built = [(c.index, *message(c)) for c in res[0].choices]
+        if req.stream:  # tools / JSON mode need the whole text before parsing: stream it in one piece
+            async def gen_buffered():
+                for i, msg, reason in built:
+                    delta = {"role": "assistant", "content": msg["content"]}
+                    if "tool_calls" in msg:
+                        delta["tool_calls"] = [{"index": k, **tc} for k, tc in enumerate(msg["tool_calls"])]
+                    yield chunk([{"index": i, "delta": delta, "finish_reason": None, "logprobs": None}])
+                    yield chunk([{"index": i, "delta": {}, "finish_reason": reason, "logprobs": None}])
+                if include_usage:
+                    yield chunk([], usage=usage(res))
+            return stream_response(gen_buffered, [])
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+                "choices": [{"index": i, "message": msg, "finish_reason": reason, "logprobs": None}
+                            for i, msg, reason in built],
+                "usage": usage(res)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        check_auth(request)
+        started = time.monotonic()
+        req: CompletionRequest = await parse_body(request, CompletionRequest)
+        if req.suffix:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        params = sampling(req, req.max_tokens or min(16, backend.max_new_tokens_limit))  # OpenAI default: 16
+        prompts = await asyncio.to_thread(_completion_prompts, backend, req.prompt)
+        items = [(ids, params, "prompt") for ids in prompts]
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(choices: list, **extra) -> str:
+            return _sse({"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                         "choices": choices, **extra})
+
+        if req.stream:
+            es = _EventStream()
+            handles = submit_all(items, "max_tokens", es)
+
+            async def gen():
+                echoed = set()
+                async for i, delta, finish in es.events():
+                    if req.echo and i not in echoed:
+                        echoed.add(i)
+                        delta = backend.decode(prompts[i // params.n]) + delta
+                    if delta or finish:
+                        yield chunk([{"index": i, "text": delta, "finish_reason": finish, "logprobs": None}])
+                res, error = finished(handles)
+                if error:
+                    yield _sse(error)
+                    return
+                metrics.observe_generation("/v1/completions", started, **_token_counts(res))
+                if req.stream_options and req.stream_options.include_usage:
+                    yield chunk([], usage=usage(res))
+            return stream_response(gen, handles)
+
+        res = await results(submit_all(items, "max_tokens"), "max_tokens", request)
+        metrics.observe_generation("/v1/completions", started, **_token_counts(res))
+        choices = []
+        for k, r in enumerate(res):
+            prefix = backend.decode(prompts[k]) if req.echo else ""
+            choices += [{"index": k * params.n + c.index, "text": prefix + c.text, "finish_reason": c.finish_reason,
+                         "logprobs": None} for c in r.choices]
+        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                "choices": choices, "usage": usage(res)}
+
+    return app
+
+
+def _token_counts(res) -> dict:
+    return {"prompt_tokens": sum(r.prompt_tokens for r in res),
+            "completion_tokens": sum(r.completion_tokens for r in res)}
+
+
+def _completion_prompts(backend, prompt) -> list[list[int]]:
+    """Normalize str | list[str] | list[int] | list[list[int]] to token-id lists (runs in a thread)."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if len(prompt) > MAX_PROMPTS:
+        raise APIError(400, f"at most {MAX_PROMPTS} prompts per request", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        prompt = [prompt]
+    out = []
+    for p in prompt:
+        ids = backend.encode(p) if isinstance(p, str) else list(p)
+        vocab = getattr(backend, "vocab_size", None)
+        if vocab is not None and any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+        out.append(ids)
+    return out

@@ -1,0 +1,109 @@
+"""Serve a model over the OpenAI API with the embedded transformers backend or vLLM.
+
+    python -m serving.server --model runs/sft/final --port 8000 --num-threads 2
+    LAM_API_KEY=secret python -m serving.server --model runs/sft/final --backend auto --host 0.0.0.0
+
+Binds 127.0.0.1 unless told otherwise. SIGINT/SIGTERM shut down gracefully: uvicorn stops accepting,
+lets in-flight requests finish (up to --graceful-timeout s), then the backend worker is stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from .launch import default_model_name
+
+log = logging.getLogger("serving")
+BACKENDS = ("auto", "transformers", "vllm")
+
+
+def resolve_backend(backend: str = "auto", vllm_bin: str | None = None) -> str:
+    """'auto' -> 'vllm' only with CUDA and a vllm executable, else 'transformers'."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    from .vllm_backend import vllm_usable
+
+    return "vllm" if vllm_usable(vllm_bin) else "transformers"
+
+
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
+          api_key: str | None = None, max_batch_size: int = 32, num_threads: int | None = None, *,
+          model_name: str | None = None, max_queue: int = 256, max_new_tokens_limit: int = 256,
+          vllm_bin: str | None = None, chat_template: str | None = None, graceful_timeout: float = 30.0,
+          log_level: str = "info") -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM. api_key defaults to env LAM_API_KEY."""
+    api_key = api_key if api_key is not None else (os.environ.get("LAM_API_KEY") or None)
+    name = model_name or default_model_name(model_dir)
+    kind = resolve_backend(backend, vllm_bin)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
+    if kind == "vllm":
+        return _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template)
+
+    import uvicorn
+
+    from .embedded import EmbeddedBackend
+    from .openai_server import create_app
+
+    engine = EmbeddedBackend(model_dir, max_batch_size=max_batch_size, max_queue=max_queue,
+                             num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit)
+    app = create_app(engine, name, api_key=api_key)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=graceful_timeout, access_log=False)
+    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend, batch<=%d)",
+             model_dir, name, host, port, max_batch_size)
+    try:
+        uvicorn.Server(config).run()  # installs SIGINT/SIGTERM handlers and drains on shutdown
+    finally:
+        engine.close()
+
+
+def _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template) -> None:
+    from .vllm_backend import start_vllm
+
+    # SIGTERM must unwind through `finally` so the vllm child is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    handle = start_vllm(model_dir, host=host, port=port, served_model_name=name, api_key=api_key,
+                        vllm_bin=vllm_bin, chat_template=chat_template, max_num_seqs=max_batch_size,
+                        wait=False, inherit_output=True)
+    try:
+        handle.wait_healthy(timeout=900)
+        log.info("vllm healthy at %s", handle.base_url)
+        handle.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.stop(grace=30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model directory (save_pretrained output)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--served-model-name", default=None, help="default: basename of --model")
+    p.add_argument("--api-key", default=None, help="prefer env LAM_API_KEY (argv is visible in ps)")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="upper limit for max_tokens")
+    p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
+    p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
+    p.add_argument("--graceful-timeout", type=float, default=30.0)
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(a.model, host=a.host, port=a.port, backend=a.backend, api_key=a.api_key,
+          max_batch_size=a.max_batch_size, num_threads=a.num_threads, model_name=a.served_model_name,
+          max_queue=a.max_queue, max_new_tokens_limit=a.max_new_tokens, vllm_bin=a.vllm_bin,
+          chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level)
+
+
+if __name__ == "__main__":
+    main()

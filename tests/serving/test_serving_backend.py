@@ -1,0 +1,161 @@
+"""EmbeddedBackend: batched greedy == solo greedy, continuous joins, sampling, stops, limits, failures.
+
+    .venv/bin/python -m pytest tests/serving/test_serving_backend.py -q
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from serving_tiny_model import chat_prompt
+
+from serving.embedded import EmbeddedBackend, PromptValidationError, QueueFullError, SamplingParams
+
+GREEDY = dict(temperature=0.0)
+
+
+def _prompts(backend, k: int) -> list[list[int]]:
+    # Different lengths on purpose: rows get different amounts of left padding.
+    return [chat_prompt(backend, "move " * (i % 6) + f"task {i}") for i in range(k)]
+
+
+def _solo(backend, prompts, max_tokens):
+    return [backend.generate_sync(p, SamplingParams(max_tokens=max_tokens, **GREEDY), timeout=60) for p in prompts]
+
+
+def test_batched_greedy_equals_solo(backend):
+    prompts = _prompts(backend, 8)
+    solo = _solo(backend, prompts, 24)
+    backend.max_batch_seen = 0
+    handles = [backend.submit(p, SamplingParams(max_tokens=24, **GREEDY)) for p in prompts]
+    batched = [h.future.result(60) for h in handles]
+    assert backend.max_batch_seen > 1, "requests submitted together must share forward passes"
+    for s, b in zip(solo, batched):
+        assert b.choices[0].token_ids == s.choices[0].token_ids
+        assert b.choices[0].text == s.choices[0].text
+        assert b.prompt_tokens == s.prompt_tokens
+
+
+def test_rows_joining_a_running_batch_keep_greedy_outputs(backend):
+    prompts = _prompts(backend, 6)
+    solo = _solo(backend, prompts, 40)
+    joined_before = backend.joined_rows
+    handles = []
+    for p in prompts:  # staggered: later rows join while earlier ones are mid-decode
+        handles.append(backend.submit(p, SamplingParams(max_tokens=40, **GREEDY)))
+        time.sleep(0.01)
+    for h, s in zip(handles, solo):
+        assert h.future.result(60).choices[0].token_ids == s.choices[0].token_ids
+    assert backend.joined_rows > joined_before, "no request joined a running batch"
+
+
+def test_seeded_sampling_is_reproducible_and_n_gives_distinct_choices(backend):
+    p = chat_prompt(backend, "hello")
+    params = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=1234, n=3)
+    a, b = backend.generate_sync(p, params, 60), backend.generate_sync(p, params, 60)
+    assert [c.token_ids for c in a.choices] == [c.token_ids for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert len({tuple(c.token_ids) for c in a.choices}) > 1
+    assert a.completion_tokens == sum(len(c.token_ids) for c in a.choices)  # all 'length': no eos counted
+
+
+def test_tiny_top_p_is_greedy(backend):
+    p = chat_prompt(backend, "top p")
+    greedy = backend.generate_sync(p, SamplingParams(max_tokens=12, **GREEDY), 60)
+    nucleus = backend.generate_sync(p, SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=7), 60)
+    assert nucleus.choices[0].token_ids == greedy.choices[0].token_ids
+
+
+def test_stop_string_and_length(backend):
+    p = chat_prompt(backend, "stop here")
+    full = backend.generate_sync(p, SamplingParams(max_tokens=30, **GREEDY), 60).choices[0]
+    assert full.finish_reason == "length" and len(full.token_ids) == 30
+    text = full.text
+    stop = next(text[i:i + 2] for i in range(3, len(text) - 2) if "\ufffd" not in text[i:i + 2] and
+                text[i:i + 2].strip())
+    got = backend.generate_sync(p, SamplingParams(max_tokens=30, stop=[stop], **GREEDY), 60).choices[0]
+    assert got.finish_reason == "stop"
+    assert got.text == text[:text.find(stop)]
+
+
+def test_eos_finishes_with_stop(backend):
+    p = chat_prompt(backend, "eos")
+    first = backend.generate_sync(p, SamplingParams(max_tokens=1, **GREEDY), 60).choices[0].token_ids[0]
+    saved = backend.eos_ids
+    backend.eos_ids = saved | {first}  # pretend the first greedy token is eos
+    try:
+        res = backend.generate_sync(p, SamplingParams(max_tokens=10, **GREEDY), 60)
+    finally:
+        backend.eos_ids = saved
+    assert res.choices[0].finish_reason == "stop" and res.choices[0].text == ""
+    assert res.completion_tokens == 1
+
+
+def test_validation_errors_name_the_field(backend):
+    with pytest.raises(PromptValidationError) as e:
+        backend.submit(list(range(5, 5 + backend.max_context)), SamplingParams())
+    assert e.value.param == "messages"
+    with pytest.raises(PromptValidationError) as e:
+        backend.submit([5, 6], SamplingParams(max_tokens=backend.max_new_tokens_limit + 1))
+    assert e.value.param == "max_tokens"
+    with pytest.raises(PromptValidationError) as e:
+        backend.submit([], SamplingParams(), prompt_param="prompt")
+    assert e.value.param == "prompt"
+
+
+def test_budget_is_capped_by_context(backend):
+    p = list(range(10, 10 + backend.max_context - 3))
+    res = backend.generate_sync(p, SamplingParams(max_tokens=50, **GREEDY), 60)
+    assert res.choices[0].finish_reason in ("length", "stop") and res.completion_tokens <= 3
+
+
+def test_worker_survives_a_model_failure(backend, monkeypatch):
+    p = chat_prompt(backend, "boom")
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated model failure")
+
+    monkeypatch.setattr(backend, "_forward", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        backend.generate_sync(p, SamplingParams(max_tokens=4), 30)
+    monkeypatch.undo()
+    assert backend.generate_sync(p, SamplingParams(max_tokens=4, **GREEDY), 30).completion_tokens == 4
+
+
+def test_queue_full_and_cancel(tiny_model_dir):
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=1, max_queue=1, num_threads=1)
+    try:
+        p = chat_prompt(b, "long")
+        running = b.submit(p, SamplingParams(max_tokens=200, **GREEDY))
+        deadline = time.monotonic() + 10
+        while b.active_rows == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        queued = b.submit(p, SamplingParams(max_tokens=2, **GREEDY))  # waits: the only row is busy
+        with pytest.raises(QueueFullError):
+            b.submit(p, SamplingParams(max_tokens=2))
+        running.cancel()
+        assert queued.future.result(30).completion_tokens == 2
+        assert running.future.cancelled()
+    finally:
+        b.close()
+
+
+def test_failed_prefill_of_a_newcomer_spares_the_running_batch(backend, monkeypatch):
+    p_long, p_new = chat_prompt(backend, "long runner"), chat_prompt(backend, "newcomer")
+    monkeypatch.setattr(backend, "eos_ids", set())  # the runner must really run 120 steps
+    expected = _solo(backend, [p_long], 120)[0].choices[0].token_ids
+    forward = backend._forward
+
+    def fail_prefills(ids, *a):
+        if ids.shape[1] > 1 and backend.active_rows:  # prefill while another request is running
+            raise RuntimeError("simulated prefill failure")
+        return forward(ids, *a)
+
+    monkeypatch.setattr(backend, "_forward", fail_prefills)
+    running = backend.submit(p_long, SamplingParams(max_tokens=120, **GREEDY))
+    deadline = time.monotonic() + 10
+    while backend.active_rows == 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    with pytest.raises(RuntimeError, match="simulated prefill"):
+        backend.submit(p_new, SamplingParams(max_tokens=4)).future.result(30)
+    assert running.future.result(30).choices[0].token_ids == expected
