@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from training.dpo import DPOConfig
 from training.train import TrainConfig
 
 
@@ -64,6 +65,19 @@ class EvalSection(_Strict):
     base_seed: int = 0
 
 
+class SelfBoostSection(_Strict):
+    # train-split tasks the imitation model attempts; its environment-verified successes are added
+    tasks: int = Field(1000, gt=0)
+    # attempts per task at `temperature` (2+ gives success/failure pairs on the same task for DPO)
+    trials: int = Field(2, gt=0)
+    temperature: float = Field(1.0, ge=0.0)
+    workers: int = Field(16, gt=0)
+    # continued SFT on expert + self-generated successes
+    epochs: float = 1.0
+    lr: float = 1e-3
+    base_seed: int = 50_000_000  # fresh train-split seeds, none used by the expert collection
+
+
 class PipelineConfig(_Strict):
     run_dir: str = "runs/quickstart"
     seed: int = 0
@@ -72,6 +86,23 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     serve: ServeSection = ServeSection()
     eval: EvalSection = EvalSection()
+    # training phases in order: imitation, then optionally self_boost (rejection-sampling SFT) and dpo
+    phases: list[str] = ["imitation"]
+    self_boost: SelfBoostSection = SelfBoostSection()
+    dpo: DPOConfig = DPOConfig()
+
+    @field_validator("phases")
+    @classmethod
+    def _phases_known(cls, v: list[str]) -> list[str]:
+        known = ["imitation", "self_boost", "dpo"]
+        for p in v:
+            if p not in known:
+                raise ValueError(f"unknown phase {p!r}; known: {', '.join(known)}")
+        if not v or v[0] != "imitation":
+            raise ValueError("phases must start with 'imitation'")
+        if "dpo" in v and "self_boost" not in v:
+            raise ValueError("'dpo' needs 'self_boost' first: it learns from the model's own success/failure pairs")
+        return v
 
     def check_levels(self) -> None:
         from envs.registry import get_env_spec

@@ -69,7 +69,7 @@ def _setup_dist() -> tuple[int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def train(data_dir: str, out_dir: str, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     rank, world = _setup_dist()
     import deepspeed
     import torch
@@ -90,7 +90,9 @@ def train(data_dir: str, out_dir: str, cfg: TrainConfig, resume: bool = False, p
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    records = TrajectoryStore(Path(data_dir)).read_records("train")
+    # several data dirs (expert demos + self-boosted successes) train together
+    dirs = data_dir if isinstance(data_dir, (list, tuple)) else str(data_dir).split(",")
+    records = [r for d in dirs for r in TrajectoryStore(Path(d)).read_records("train")]
     episodes = group_episodes(records)
     env_name = records[0]["env"]
     action_names = get_env_spec(env_name).factory().action_names()
@@ -154,7 +156,7 @@ def train(data_dir: str, out_dir: str, cfg: TrainConfig, resume: bool = False, p
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
         (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
     logger = MultiLogger(out) if rank == 0 else None
-    n_params = sum(p.numel() for p in lm.parameters())
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters())  # ZeRO-3 partitions params
     tokens_seen, t_window, tok_window, last_loss = 0, time.perf_counter(), 0, float("nan")
     stopped_early = False
 
@@ -248,8 +250,32 @@ def _peak_flops() -> float:
     return 0.0
 
 
+def launch_multiprocess(nproc: int, data: str, out: str, config: str | None, overrides: list[str], resume: bool) -> int:
+    """Run this module under torchrun with `nproc` ranks on this node (gloo on CPU, NCCL on GPUs).
+
+    Equivalent to: torchrun --nproc_per_node N -m training.train --data D --out O [--config C] [k=v ...]"""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "training.train", "--data", data, "--out", out]
+    cmd += (["--config", config] if config else []) + (["--resume"] if resume else []) + list(overrides)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    print("running:", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, env=env).returncode
+
+
 def main() -> None:
     import argparse
+    import warnings
+
+    # torch.distributed deprecation notices from inside DeepSpeed, once per collective call
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     import yaml
 
@@ -266,7 +292,9 @@ def main() -> None:
     for kv in a.overrides:
         k, _, v = kv.partition("=")
         raw[k] = yaml.safe_load(v)
-    print(json.dumps(train(a.data, a.out, TrainConfig(**raw), resume=a.resume), indent=1))
+    summary = train(a.data, a.out, TrainConfig(**raw), resume=a.resume, progress=int(os.environ.get("RANK", "0")) == 0)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,16 +4,7 @@ import json
 import pytest
 import torch
 
-from training.train import TrainConfig, evaluate_loss, train
-
-
-@pytest.fixture(scope="module")
-def trained(bot_dataset, tmp_path_factory):
-    data, _ = bot_dataset
-    out = tmp_path_factory.mktemp("train")
-    cfg = TrainConfig(model="tiny", vocab_size=512, epochs=1.0, tokens_per_batch=2048, warmup_steps=5,
-                      lr=3e-3, checkpoint_every=0, eval_fraction=0.1, threads=2)
-    return out, train(str(data), str(out), cfg, progress=False)
+from training.train import evaluate_loss
 
 
 def test_loss_falls_and_metrics_are_logged(trained):
