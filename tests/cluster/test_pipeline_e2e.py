@@ -29,7 +29,7 @@ def test_pipeline_end_to_end(tmp_path, ray_local):
         m = saved["policies"][name]["levels"]["BabyAI-GoToLocal-v0"]
         assert m["episodes"] == 6 and 0.0 <= m["invalid_action_rate"] <= 1.0
     assert "| BabyAI-GoToLocal-v0 | model | 6 |" in (run / "report.md").read_text()
-    assert set(saved["stage_wall_s"]) >= {"collect", "train", "eval_model", "eval_random", "eval_expert"}
+    assert set(saved["stage_wall_s"]) >= {"collect", "train", "eval_imitation", "eval_random", "eval_expert"}
     # every saved evaluation episode replays in plain minigrid to the reported verdict
     for name in ("model", "random", "expert"):
         eps = group_episodes(TrajectoryStore(run / "eval" / name).read_records("episodes"))
