@@ -1,0 +1,78 @@
+"""Multi-node training: Ray Train's TorchTrainer drives the same DeepSpeed loop on every worker.
+
+    python -m training.ray_train --data /shared/data --out /shared/train --workers 8 --gpus [--config CFG] [k=v ...]
+
+Run on a Ray cluster (RAY_ADDRESS=auto or `lam cluster submit`); `--data` and `--out` must be on
+storage every node sees. Ray Train creates the process group (NCCL on GPUs, gloo on CPU); each
+worker then runs `training.train.train` exactly as a torchrun rank would.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def _worker_loop(config: dict) -> None:
+    import ray.train
+
+    from training.train import TrainConfig, train
+
+    ctx = ray.train.get_context()
+    # training.train reads the usual launcher variables; the process group already exists.
+    os.environ.update(RANK=str(ctx.get_world_rank()), WORLD_SIZE=str(ctx.get_world_size()),
+                      LOCAL_RANK=str(ctx.get_local_rank()))
+    summary = train(config["data"], config["out"], TrainConfig(**config["train"]), resume=config["resume"],
+                    progress=ctx.get_world_rank() == 0)
+    ray.train.report({"final_loss": summary["final_loss"], "eval_loss": summary["eval_loss"]})
+
+
+def train_on_ray(data: str, out: str, train_cfg: dict, workers: int, use_gpu: bool, resume: bool = False) -> dict:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.ray_local import init_ray
+
+    started = init_ray()
+    try:
+        cpus = 1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={"data": data, "out": str(Path(out).resolve()), "train": train_cfg, "resume": resume},
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(name="lam-train", storage_path=str(Path(out).resolve() / "ray_results")),
+        )
+        result = trainer.fit()
+        return dict(result.metrics or {})
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def main() -> None:
+    import argparse
+
+    import yaml
+
+    p = argparse.ArgumentParser(description="Train on a Ray cluster with Ray Train + DeepSpeed")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gpus", action="store_true", help="one GPU per worker, NCCL")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+    raw = (yaml.safe_load(Path(a.config).read_text()) or {}) if a.config else {}
+    raw = raw.get("train", raw)
+    for kv in a.overrides:
+        k, _, v = kv.partition("=")
+        raw[k] = yaml.safe_load(v)
+    raw.setdefault("threads", 1)
+    print(json.dumps(train_on_ray(a.data, a.out, raw, a.workers, a.gpus, a.resume), indent=1))
+
+
+if __name__ == "__main__":
+    main()
