@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel, so no dependency can pull a CUDA build
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[test]"
+	# envs/bfcl: installed without its dependencies, which pin numpy 1.26 and pull a CUDA torch (README, BFCL)
+	$(PIP) --no-deps bfcl-eval==2026.3.23
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,9 +1,18 @@
 """The one episode runner, used by collection, evaluation and the agent API alike.
 
-    observe → render prompt (training's renderer) → policy → ground → safety → execute → feedback
+    observe → memory → render prompt → policy → ground → safety → execute → feedback
 
-until the environment verifies success, the agent claims `done`, the environment ends the episode,
-or a step/time limit hits. The agent's claim and the environment's verdict are kept apart.
+until the environment verifies success, the agent claims completion (done / give up), the
+environment ends the episode, or a step/time limit hits. The agent's claim and the environment's
+verdict are kept apart, step by step.
+
+The runner knows action spaces, not environments: the env declares its space (`action_space()`,
+default a text space over `action_names()`). Text spaces render with training's prompt renderer
+and ground to one action name; tool spaces keep an OpenAI conversation and ground tool calls
+(several per step, executed in order) or a plain-text reply (the space's `message_action`). In
+spaces with `turns` a claim closes a turn and the environment decides whether the episode goes on.
+
+    ep = run_episode(make_env("babyai"), ExpertPolicy(), Task("babyai", "BabyAI-GoToLocal-v0", 0), RunnerConfig())
 """
 from __future__ import annotations
 
@@ -12,12 +21,14 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from agent.grounding import ground_text_action
-from agent.policies import Policy, PolicyError
-from agent.prompt import Turn, render_messages
-from envs.base import Environment, Task
+from agent.conversation import conversation_for, output_text
+from agent.grounding import Grounding, ground
+from agent.memory import Memory, MemoryConfig, with_memory
+from agent.policies import EpisodeTimeout, Policy, PolicyError, PolicyOutput, tool_call
+from agent.safety import SafetyGuard
+from envs.base import ActionSpace, Environment, StepResult, Task, action_space_of
 
 
 @dataclass
@@ -26,6 +37,12 @@ class RunnerConfig:
     max_retries: int = 2  # extra tries after unparseable/invalid output, with feedback
     history_window: int = 8
     time_limit_s: float | None = None  # wall-clock limit per episode (the bot can loop forever)
+    # {"short_term_k": k, "long_term_k": k, "store_path": ...} (agent/memory.py). Off by default, so
+    # prompts stay byte-identical to the ones training rendered.
+    memory: dict = field(default_factory=dict)
+    # safety levels per action name or per env class, e.g. {"rm": "forbidden", "confirm": "forbidden"}
+    safety: dict = field(default_factory=dict)
+    confirm: str = "approve"  # what 'confirm' actions get without a person: "approve" | "deny"
 
 
 @dataclass
@@ -34,15 +51,21 @@ class StepLog:
     state: str
     prev_feedback: str
     raw_output: str
-    action: str  # grounded action, "" when grounding failed on every try
+    action: str  # grounded action ("" when grounding failed on every try); tool calls as <tool_call> text
     valid: bool
     retries: int
     feedback: str
     reward: float
     verified_success: bool
-    claimed_done: bool
-    blocked: bool = False  # forbidden by the safety guard
+    claimed_done: bool  # this step's claim "done" ended the episode
+    blocked: bool = False  # forbidden (or denied confirmation) by the safety guard
     latency_s: float = 0.0
+    claim: str = ""  # "done" | "give_up" | "": what the output claimed (per turn in multi-turn envs)
+    tool_calls: list[dict] = field(default_factory=list)  # tool spaces: [{"id", "name", "arguments"}]
+    tool_results: list[str] = field(default_factory=list)  # tool spaces: one result per call
+    confirmed: int = 0  # actions that needed confirmation and got it
+    memory: str = ""  # the memory text the prompt carried ("" when memory is off)
+    info: dict = field(default_factory=dict)  # the environment's verdict details (e.g. per-turn checks)
 
 
 @dataclass
@@ -53,22 +76,33 @@ class Episode:
     policy: str
     steps: list[StepLog] = field(default_factory=list)
     success: bool = False  # the environment's verdict
-    claimed_done: bool = False  # the agent's claim
-    end_reason: str = ""  # success | claimed_done | env_terminated | step_limit | time_limit | policy_error
+    claimed_done: bool = False  # the agent's final claim was "done"
+    end_reason: str = ""  # success | claimed_done | gave_up | env_terminated | step_limit | time_limit | policy_error | cancelled
     error: str = ""
     wall_s: float = 0.0
+    claim: str = ""  # the agent's final claim: "done" | "give_up" | ""
+    progress: float = 0.0  # the environment's own partial-completion measure at the end
+    examples: list[dict] = field(default_factory=list)  # long-term memory retrieved for this episode
 
     @property
     def invalid_actions(self) -> int:
         return sum(s.retries + (0 if s.valid else 1) for s in self.steps)
 
     @property
+    def blocked_actions(self) -> int:
+        return sum(s.blocked for s in self.steps)
+
+    @property
     def false_success(self) -> bool:
         return self.claimed_done and not self.success
 
-
-class EpisodeTimeout(Exception):
-    pass
+    def transcript(self) -> dict:
+        """Everything that happened, JSON-ready (the agent API and reports show it)."""
+        out = asdict(self)
+        out["task"] = {**asdict(self.task), "task_id": self.task.task_id}
+        out.update(invalid_actions=self.invalid_actions, blocked_actions=self.blocked_actions,
+                   false_success=self.false_success)
+        return out
 
 
 @contextmanager
@@ -91,68 +125,163 @@ def _time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, old)
 
 
-def run_episode(env: Environment, policy: Policy, task: Task, cfg: RunnerConfig, episode_id: str | None = None) -> Episode:
-    t0 = time.perf_counter()
-    obs = env.reset(task)
-    ep = Episode(episode_id=episode_id or uuid.uuid4().hex[:16], task=task, request=obs.request, policy=policy.name)
-    names = env.action_names()
-    turns: list[Turn] = []
-    feedback = ""
-    try:
-        with _time_limit(cfg.time_limit_s):
-            policy.begin(env, task)
-            for step in range(cfg.max_steps):
-                if cfg.time_limit_s and time.perf_counter() - t0 > cfg.time_limit_s:
-                    raise EpisodeTimeout()
-                turns.append(Turn(state=obs.state, feedback=feedback))
-                messages = render_messages(obs.request, turns, names, cfg.history_window)
-                raw, grounded, retries, latency = "", None, 0, 0.0
-                for attempt in range(cfg.max_retries + 1):
-                    t_act = time.perf_counter()
-                    raw = policy.act(messages, env, step, attempt)
-                    latency += time.perf_counter() - t_act
-                    grounded = ground_text_action(raw, names)
-                    if grounded.action is not None:
-                        break
-                    retries = attempt + 1 if attempt < cfg.max_retries else attempt
-                    # The retry sees its bad output and why it was rejected; history stays clean.
-                    messages = messages + [
-                        {"role": "assistant", "content": raw},
-                        {"role": "user", "content": grounded.error},
-                    ]
-                log = StepLog(step, obs.state, feedback, raw, "", False, retries, "", 0.0, env.success, False, latency_s=latency)
-                ep.steps.append(log)
-                if grounded.action is None:
-                    log.feedback = feedback = grounded.error
-                    turns[-1].action = ""
-                    continue
-                action = grounded.action
-                log.valid, log.action = True, action.name
-                turns[-1].action = action.name
-                if env.action_safety(action) == "forbidden":
-                    log.blocked = True
-                    log.feedback = feedback = f"action {action.name!r} is forbidden here and was not executed"
-                    continue
-                result = env.step(action)
-                obs, feedback = result.observation, result.feedback
-                log.feedback, log.reward, log.verified_success = result.feedback, result.reward, result.success
-                if action.name == "done":
-                    log.claimed_done = ep.claimed_done = True
-                if result.success:
-                    ep.end_reason = "success"
-                    break
-                if ep.claimed_done:
-                    ep.end_reason = "claimed_done"
-                    break
-                if result.terminated:
-                    ep.end_reason = "env_terminated"
-                    break
-            else:
-                ep.end_reason = "step_limit"
-    except EpisodeTimeout:
-        ep.end_reason = "time_limit"
-    except PolicyError as e:
-        ep.end_reason, ep.error = "policy_error", str(e)
-    ep.success = env.success
-    ep.wall_s = time.perf_counter() - t0
-    return ep
+class EpisodeRunner:
+    """One episode, step by step: `run()` to the end, or `start()` then `advance()` per step (API)."""
+
+    def __init__(self, env: Environment, policy: Policy, task: Task, cfg: RunnerConfig,
+                 episode_id: str | None = None, memory: Memory | None = None, guard: SafetyGuard | None = None):
+        self.env, self.policy, self.task, self.cfg = env, policy, task, cfg
+        self.episode_id = episode_id or uuid.uuid4().hex[:16]
+        mem_cfg = MemoryConfig(**cfg.memory) if cfg.memory else MemoryConfig()
+        self.memory = memory if memory is not None else (Memory(mem_cfg) if mem_cfg.enabled else None)
+        self.guard = guard or SafetyGuard(cfg.safety, cfg.confirm)
+        self.finished, self._begun = False, False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Episode:
+        self.t0 = time.perf_counter()
+        self.obs = self.env.reset(self.task)
+        self.ep = Episode(episode_id=self.episode_id, task=self.task, request=self.obs.request, policy=self.policy.name)
+        self.conv = conversation_for(action_space_of(self.env), self.obs.request, self.cfg.history_window)
+        self.first_state, self.feedback, self.step_index, self.progress = self.obs.state, "", 0, 0.0
+        return self.ep
+
+    def _begin(self) -> None:
+        self._begun = True
+        self.policy.begin(self.env, self.task)
+        if self.memory is not None:
+            self.memory.begin(self.env.name, self.episode_id, self.obs.request, self.obs.state)
+            self.ep.examples = [{k: x[k] for k in ("episode_id", "score", "request")} for x in self.memory.examples]
+
+    def run(self) -> Episode:
+        self.start()
+        try:
+            with _time_limit(self.cfg.time_limit_s):
+                self._begin()
+                while not self.finished:
+                    self._step()
+        except EpisodeTimeout:
+            self.stop("time_limit")
+        except PolicyError as e:
+            self.stop("policy_error", str(e))
+        return self.finish()
+
+    def advance(self) -> StepLog | None:
+        """One step (the API's stepping mode); None when the episode had already ended."""
+        try:
+            if not self._begun:
+                self._begin()
+            n = len(self.ep.steps)
+            self._step()
+            return self.ep.steps[-1] if len(self.ep.steps) > n else None
+        except EpisodeTimeout:
+            self.stop("time_limit")
+        except PolicyError as e:
+            self.stop("policy_error", str(e))
+        return None
+
+    def stop(self, reason: str, error: str = "") -> None:
+        if not self.finished:
+            self.finished, self.ep.end_reason, self.ep.error = True, reason, error
+
+    def finish(self) -> Episode:
+        ep = self.ep
+        ep.success, ep.progress = self.env.success, self.progress
+        ep.wall_s = time.perf_counter() - self.t0
+        if self.memory is not None:
+            actions = [s.action for s in ep.steps if s.valid and not s.blocked]
+            self.memory.remember(self.env.name, ep.episode_id, ep.request, self.first_state, actions, ep.success)
+        return ep
+
+    # -- one step ----------------------------------------------------------------------------
+    def _step(self) -> None:
+        if self.finished:
+            return
+        if self.step_index >= self.cfg.max_steps:
+            self.stop("step_limit")
+            return
+        if self.cfg.time_limit_s and time.perf_counter() - self.t0 > self.cfg.time_limit_s:
+            raise EpisodeTimeout()
+        env, step, obs = self.env, self.step_index, self.obs
+        space = action_space_of(env)
+        self.conv.observe(obs, self.feedback)
+        mem_text = self.memory.text() if self.memory is not None else ""
+        messages = with_memory(self.conv.render(space), mem_text)
+        output, g, retries, latency = "", Grounding(error="no output"), 0, 0.0
+        for attempt in range(self.cfg.max_retries + 1):
+            t_act = time.perf_counter()
+            output = self.policy.act(messages, env, step, attempt)
+            latency += time.perf_counter() - t_act
+            g = ground(output, space, env)
+            if g.ok:
+                break
+            retries = attempt + 1 if attempt < self.cfg.max_retries else attempt
+            messages = messages + self.conv.retry(output, g.error)
+        raw = output_text(output)
+        log = StepLog(step, obs.state, self.feedback, raw, "", False, retries, "", 0.0, env.success, False,
+                      latency_s=latency, memory=mem_text, tool_calls=g.calls)
+        self.ep.steps.append(log)
+        self.step_index += 1
+        if not g.ok:
+            log.feedback = self.feedback = g.error
+            self.conv.record(output if space.kind == "tools" else "", None, [g.error])
+            return
+        log.valid, log.action = True, action_text(g, space, output)
+        results, last = self._execute(g, log)
+        self.conv.record(log.action, g, results)
+        log.feedback = self.feedback = "\n".join(results)
+        if space.kind == "tools":
+            log.tool_results = results
+        if self.memory is not None:
+            self.memory.short.add(step, log.action, log.feedback, obs.state, self.obs.state)
+        self._conclude(log, g.claim if last is not None else "", last, space)
+
+    def _execute(self, g: Grounding, log: StepLog) -> tuple[list[str], StepResult | None]:
+        results, last = [], None
+        for action in g.actions:
+            may_run, level, why = self.guard.check(self.env, action)
+            if not may_run:
+                log.blocked = True
+                results.append(why)
+                continue
+            log.confirmed += level == "confirm"
+            last = self.env.step(action)
+            self.obs, self.progress = last.observation, last.progress
+            results.append(last.feedback)
+            log.reward += last.reward
+            log.verified_success = last.success
+            log.info.update(last.info)
+            if last.terminated:  # calls after the end are not run; each still gets an answer
+                results += ["not executed: the episode had ended"] * (len(g.actions) - len(results))
+                break
+        return results, last
+
+    def _conclude(self, log: StepLog, claim: str, last: StepResult | None, space: ActionSpace) -> None:
+        log.claim = claim
+        # A claim ends the episode, except in turn-based spaces where it closes a turn and the
+        # environment says (terminated) whether that was the last one.
+        ends_by_claim = bool(claim) and (not space.turns or (last is not None and last.terminated))
+        if ends_by_claim:
+            self.ep.claim = claim
+            log.claimed_done = self.ep.claimed_done = claim == "done"
+        if last is not None and last.success:
+            self.stop("success")
+        elif ends_by_claim:
+            self.stop("claimed_done" if claim == "done" else "gave_up")
+        elif last is not None and last.terminated:
+            self.stop("env_terminated")
+
+
+def action_text(g: Grounding, space: ActionSpace, output) -> str:
+    """The grounded action as one string: the action name in text spaces; in tool spaces the calls as
+    Hermes <tool_call> text (what a served model emits to make them) or the closing message."""
+    if space.kind == "text":
+        return g.actions[0].name
+    if not g.calls:
+        return g.actions[0].arguments.get("content", "")
+    return PolicyOutput(tool_calls=[tool_call(a.name, a.arguments) for a in g.actions]).to_text()
+
+
+def run_episode(env: Environment, policy: Policy, task: Task, cfg: RunnerConfig, episode_id: str | None = None,
+                memory: Memory | None = None) -> Episode:
+    return EpisodeRunner(env, policy, task, cfg, episode_id=episode_id, memory=memory).run()

@@ -1,16 +1,67 @@
 """Policies behind one interface: expert, random, scripted replay, and a model over the OpenAI API."""
 from __future__ import annotations
 
+import json
 import random
 import time
+import uuid
 import zlib
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from envs.base import Environment, Task
+from envs.base import Action, Environment, Task, action_space_of
 
 
 class PolicyError(RuntimeError):
     """The policy could not produce any output (e.g. the model server is unreachable)."""
+
+
+class EpisodeTimeout(Exception):
+    """The episode's wall-clock limit hit (raised by the runner's alarm, possibly inside a policy)."""
+
+
+@dataclass
+class PolicyOutput:
+    """What a policy says in a tool space: text, OpenAI tool calls, or both. Text spaces use plain str."""
+
+    content: str = ""
+    tool_calls: list[dict] = field(default_factory=list)  # [{"id", "type": "function", "function": {...}}]
+
+    def to_text(self) -> str:
+        """One string for logs and records: the content, or the calls as Hermes <tool_call> text
+        (what a served model emits to produce them)."""
+        calls = [f"<tool_call>{json.dumps(_call_body(c), ensure_ascii=False)}</tool_call>" for c in self.tool_calls]
+        return "\n".join(([self.content] if self.content else []) + calls)
+
+
+def tool_call(name: str, arguments: dict | str, call_id: str | None = None) -> dict:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return {"id": call_id or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+            "function": {"name": name, "arguments": args}}
+
+
+def _call_body(call: dict) -> dict:
+    fn = call.get("function", call) if isinstance(call, dict) else {}
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            pass
+    return {"name": fn.get("name"), "arguments": args}
+
+
+def as_output(decision: Any) -> PolicyOutput | str:
+    """An expert's or a script's decision as policy output: str stays text; Actions become tool calls."""
+    if isinstance(decision, (str, PolicyOutput)):
+        return decision
+    if isinstance(decision, Action):
+        decision = [decision]
+    if isinstance(decision, list):
+        return PolicyOutput(tool_calls=[tool_call(a.name, a.arguments) for a in decision])
+    if isinstance(decision, dict):
+        return PolicyOutput(content=decision.get("content") or "", tool_calls=list(decision.get("tool_calls") or []))
+    raise TypeError(f"cannot use {type(decision).__name__} as a policy output")
 
 
 class Policy(Protocol):
@@ -19,8 +70,8 @@ class Policy(Protocol):
     def begin(self, env: Environment, task: Task) -> None:
         """Called after env.reset(task), before the first act()."""
 
-    def act(self, messages: list[dict], env: Environment, step: int, attempt: int) -> str:
-        """Return raw text for the action; grounding parses and validates it."""
+    def act(self, messages: list[dict], env: Environment, step: int, attempt: int) -> str | PolicyOutput:
+        """Return raw text (or text + tool calls in tool spaces); grounding parses and validates it."""
 
 
 class ExpertPolicy:
@@ -31,8 +82,11 @@ class ExpertPolicy:
     def begin(self, env: Environment, task: Task) -> None:
         self._expert = env.make_expert()
 
-    def act(self, messages, env, step, attempt) -> str:
-        return self._expert.act().name
+    def act(self, messages, env, step, attempt):
+        decision = self._expert.act()
+        if isinstance(decision, Action) and action_space_of(env).kind == "text":
+            return decision.name
+        return as_output(decision)
 
 
 class RandomPolicy:
@@ -46,16 +100,45 @@ class RandomPolicy:
     def begin(self, env, task) -> None:
         self._rng = random.Random(f"{self._seed}/{task.task_id}")
 
-    def act(self, messages, env, step, attempt) -> str:
+    def act(self, messages, env, step, attempt):
+        space = action_space_of(env)
+        if space.kind == "tools":  # a random type-correct call, or (1 in 4) a closing message
+            if space.message_action and self._rng.random() < 0.25:
+                return "done"
+            fn = self._rng.choice(space.tools)["function"]
+            return PolicyOutput(tool_calls=[tool_call(fn["name"], random_arguments(fn.get("parameters") or {}, self._rng))])
         return self._rng.choice([a for a in env.action_names() if a != "done"])
 
 
+def random_arguments(schema: dict, rng: random.Random) -> dict:
+    """Type-correct values for the required arguments of an object schema."""
+    def value(s: dict):
+        t = s.get("type")
+        if "enum" in s:
+            return rng.choice(s["enum"])
+        if t == "integer":
+            return rng.randint(0, 10)
+        if t == "number":
+            return round(rng.uniform(0, 100), 2)
+        if t == "boolean":
+            return rng.random() < 0.5
+        if t == "array":
+            return [value(s.get("items") or {"type": "string"}) for _ in range(rng.randint(1, 2))]
+        if t == "object":
+            return random_arguments(s, rng)
+        return rng.choice(["a", "test", "file.txt", "1", "alice"])
+
+    props = schema.get("properties") or {}
+    return {k: value(props.get(k, {})) for k in schema.get("required", []) if k in props}
+
+
 class ScriptedPolicy:
-    """Replays a fixed action list (recorded episodes, gold sequences); then claims done."""
+    """Replays a fixed list per task (recorded episodes, gold sequences, perturbed replays); then
+    claims done. Items are text, or PolicyOutput (or Action lists) in tool spaces."""
 
     name = "scripted"
 
-    def __init__(self, actions_by_task: dict[str, list[str]]) -> None:
+    def __init__(self, actions_by_task: dict[str, list]) -> None:
         self._by_task = actions_by_task
 
     def begin(self, env, task) -> None:
@@ -63,6 +146,24 @@ class ScriptedPolicy:
 
     def act(self, messages, env, step, attempt) -> str:
         return self._actions[step] if step < len(self._actions) else "done"
+
+
+class PrefixExpertPolicy:
+    """Planted truth for false-success detection: plays the expert for a random prefix of
+    0..max_prefix steps (fixed by seed and task), then claims done. A claim made before the expert
+    finished is a false success, and only the environment's verdict can tell which ones those are."""
+
+    name = "prefix-expert"
+
+    def __init__(self, seed: int = 0, max_prefix: int = 12) -> None:
+        self._seed, self._max_prefix = seed, max_prefix
+
+    def begin(self, env, task) -> None:
+        self._expert = env.make_expert()
+        self.prefix = random.Random(f"prefix/{self._seed}/{task.task_id}").randint(0, self._max_prefix)
+
+    def act(self, messages, env, step, attempt) -> str:
+        return self._expert.act().name if step < self.prefix else "done"
 
 
 class ModelPolicy:
@@ -80,33 +181,69 @@ class ModelPolicy:
         retries: int = 3,
         api_key: str = "EMPTY",
         seed: int = 0,
+        tool_max_tokens: int = 512,  # tool calls need room for JSON arguments
     ) -> None:
         from openai import OpenAI  # imported here so env-only workers don't pay for it
 
         self.base_url, self.model, self.temperature = base_url, model, temperature
         self.max_tokens, self.retries, self.seed = max_tokens, retries, seed
+        self.tool_max_tokens = tool_max_tokens
         self._client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self.last_latency_s = 0.0
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # running totals, read by evaluators
 
     def begin(self, env, task) -> None:
         self._task = task
 
-    def act(self, messages, env, step, attempt) -> str:
+    def act(self, messages, env, step, attempt):
+        import openai
+
         # Seed per (task, step, attempt): sampled runs are reproducible and retries differ.
         seed = zlib.crc32(f"{self._task.task_id}/{step}/{attempt}/{self.seed}".encode()) if self.temperature > 0 else None
-        kwargs: dict[str, Any] = dict(model=self.model, messages=messages, max_tokens=self.max_tokens)
+        space = action_space_of(env)
+        tools = space.tools if space.kind == "tools" else None
+        kwargs: dict[str, Any] = dict(model=self.model, messages=messages,
+                                      max_tokens=max(self.max_tokens, self.tool_max_tokens) if tools else self.max_tokens)
+        if tools:
+            kwargs["tools"] = tools
         kwargs["temperature"] = self.temperature if attempt == 0 else max(self.temperature, 0.7)
         if seed is not None or attempt > 0:
             kwargs["seed"] = seed if seed is not None else attempt
         delay, last_error = 0.5, None
-        for _ in range(self.retries + 1):
+        for tried in range(self.retries + 1):
+            if tried:
+                time.sleep(delay)  # back off before each retry, not after the last try
+                delay = min(delay * 2, 8.0)
             t0 = time.perf_counter()
             try:
                 out = self._client.chat.completions.create(**kwargs)
                 self.last_latency_s = time.perf_counter() - t0
-                return out.choices[0].message.content or ""
-            except Exception as e:  # connection refused, timeouts, 5xx, 429: back off and retry
-                last_error = e
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+                for key in self.usage:
+                    self.usage[key] += int(getattr(out.usage, key, 0) or 0)
+                message = out.choices[0].message
+                if not tools:
+                    return message.content or ""
+                calls = [tool_call(tc.function.name, tc.function.arguments, tc.id) for tc in message.tool_calls or []]
+                return PolicyOutput(content=message.content or "", tool_calls=calls)
+            except (openai.BadRequestError, openai.AuthenticationError, openai.PermissionDeniedError,
+                    openai.NotFoundError, openai.UnprocessableEntityError) as e:
+                # The server answered and said no: retrying the same request cannot help.
+                raise PolicyError(f"model server {self.base_url} rejected the request for model {self.model!r} "
+                                  f"(HTTP {e.status_code}): {_error_text(e)}") from None
+            except EpisodeTimeout:  # the episode's own limit, not the server's fault: no retry
+                raise
+            except openai.APITimeoutError:
+                last_error = f"no answer within {self._client.timeout}s"
+            except openai.APIConnectionError as e:
+                last_error = f"unreachable ({e.__cause__ or e}); is the server running at {self.base_url}?"
+            except Exception as e:  # timeouts, 5xx, 429: back off and retry
+                last_error = f"{type(e).__name__}: {e}"
         raise PolicyError(f"model server {self.base_url} failed after {self.retries + 1} tries: {last_error}")
+
+
+def _error_text(e: Exception) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+    return str(e)[:300]

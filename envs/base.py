@@ -28,6 +28,9 @@ class Observation:
     request: str  # what the user asked for (the mission)
     state: str  # the state rendered as text, exactly what a model sees
     info: dict[str, Any] = field(default_factory=dict)
+    # Multi-turn environments: user messages that arrive with this observation (a new turn); the
+    # agent shows them as user turns of its conversation. Empty for single-request worlds.
+    user_messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +45,37 @@ class Action:
 
 
 @dataclass
+class ActionSpace:
+    """What an agent may do, as the environment declares it; grounding validates against it.
+
+    kind "text":  a reply is one of `names` (BabyAI: "turn left", ..., "done").
+    kind "tools": a reply is OpenAI tool calls to `tools` (JSON-schema parameters); a plain-text
+                  reply grounds to the action `message_action` (content in arguments["content"]).
+    """
+
+    kind: str  # "text" | "tools"
+    names: list[str]  # valid action / function names in the current state
+    tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI tool schemas (kind "tools")
+    claims: dict[str, str] = field(default_factory=dict)  # action name -> claim ("done" | "give_up")
+    message_action: str = ""  # kind "tools": the action a plain-text reply becomes ("" = not allowed)
+    # True when the request comes in turns: a claim (a plain-text reply) closes the current turn and
+    # the environment decides whether another turn follows; otherwise a claim ends the episode.
+    turns: bool = False
+    # Parameter schemas grounding validates against instead of a tool's own (name -> JSON schema),
+    # for tools whose shipped docs are stricter than the environment's own reference data.
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def action_space_of(env: "Environment") -> ActionSpace:
+    """The env's declared action space; envs that only list names get a text space over them."""
+    declared = getattr(env, "action_space", None)
+    if callable(declared):
+        return declared()
+    names = env.action_names()
+    return ActionSpace(kind="text", names=names, claims={"done": "done"} if "done" in names else {})
+
+
+@dataclass
 class StepResult:
     observation: Observation
     reward: float
@@ -49,6 +83,7 @@ class StepResult:
     success: bool  # environment-verified task success
     terminated: bool  # the environment ended the episode (success or irrecoverable failure)
     progress: float = 0.0  # 0..1, environment's own measure of partial completion
+    info: dict[str, Any] = field(default_factory=dict)  # env-specific verdict details (per-turn checks)
 
 
 @runtime_checkable
@@ -68,6 +103,10 @@ class Environment(Protocol):
     def action_safety(self, action: Action) -> str:
         """'allowed', 'confirm' or 'forbidden' for this action in this environment."""
         ...
+
+    # Optional, found with getattr by the agent:
+    #   action_space() -> ActionSpace       (default: a text space over action_names())
+    #   precondition(action) -> str         (why `action` cannot run now; "" when it can)
 
     @property
     def success(self) -> bool: ...
