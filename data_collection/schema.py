@@ -1,5 +1,12 @@
 """The trajectory record: one row per step. The project's central contract; change it deliberately
-and bump SCHEMA_VERSION (readers refuse a mismatch instead of silently mis-reading)."""
+and bump SCHEMA_VERSION (readers refuse a mismatch instead of silently mis-reading).
+
+Version 2 (issue 3) appended, all nullable so writers of version-1 rows only need the bump:
+`variant`, `base_level`, `base_request` (where a mission variant came from: a paraphrase or a
+composed task keeps its base level and the base mission) and `error` (why an expert or model
+policy gave up). Version-1 datasets are refused by name; re-collect them, or replay them into a
+new dataset with `lam collect --policy gold --gold OLD_DIR` (the gold reader needs no version).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +19,7 @@ import pyarrow as pa
 
 from agent.episode import Episode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -45,7 +52,14 @@ TRAJECTORY_SCHEMA = pa.schema(
         ("created_at", pa.float64()),
         ("latency_s", pa.float32()),
         ("schema_version", pa.int32()),
-    ]
+        # -- version 2 --
+        ("variant", pa.string()),  # "" for the level's own mission, else paraphrase | then | after | and
+        ("base_level", pa.string()),  # the level a variant was derived from (== level when variant == "")
+        ("base_request", pa.string()),  # the base level's own mission for this seed
+        ("error", pa.string()),  # why the policy gave up (end_reason policy_error), else ""
+    ],
+    # in every Parquet footer, so a reader can name a shard's version without reading its rows
+    metadata={"lam_schema_version": str(SCHEMA_VERSION)},
 )
 
 
@@ -68,9 +82,15 @@ def episode_hash(ep: Episode) -> str:
     return h.hexdigest()[:20]
 
 
-def episode_to_records(ep: Episode, model: str = "", created_at: float | None = None) -> list[dict]:
+def episode_to_records(
+    ep: Episode, model: str = "", created_at: float | None = None, origin: dict | None = None, version: str | None = None
+) -> list[dict]:
+    """origin: the env's `variant_info()` (variant, base_level, base_request) where it has one."""
     created_at = time.time() if created_at is None else created_at
-    digest, version = episode_hash(ep), code_version()
+    digest, version = episode_hash(ep), version or code_version()
+    origin = origin or {}
+    variant, base_level = origin.get("variant", ""), origin.get("base_level", ep.task.level)
+    base_request = origin.get("base_request", ep.request)
     n = len(ep.steps)
     return [
         {
@@ -103,6 +123,10 @@ def episode_to_records(ep: Episode, model: str = "", created_at: float | None = 
             "created_at": created_at,
             "latency_s": s.latency_s,
             "schema_version": SCHEMA_VERSION,
+            "variant": variant,
+            "base_level": base_level,
+            "base_request": base_request,
+            "error": ep.error,
         }
         for i, s in enumerate(ep.steps)
     ]

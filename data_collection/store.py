@@ -1,38 +1,60 @@
 """Parquet shards plus a manifest. Shards are written to a temp file and renamed, and the manifest
-is rewritten atomically after each shard, so a crash leaves only complete shards behind.
+is rewritten atomically after each group of shards, so a crash leaves only complete shards behind.
+The manifest is the truth: a shard file it does not list (a crash between rename and manifest
+update) is an orphan that `remove_orphans()` deletes before a collection resumes.
 
-Readable by pyarrow and `datasets.load_dataset("parquet", data_files=f"{dir}/*/*.parquet")`.
+Readable by pyarrow and `datasets.load_dataset("parquet", data_files=f"{dir}/train/*.parquet")`.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_collection.schema import SCHEMA_VERSION, records_to_table
+from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, records_to_table
 
 MANIFEST = "manifest.json"
 
 
 class DatasetError(RuntimeError):
-    """A dataset on disk cannot be read as asked; the message names the file."""
+    """A dataset on disk cannot be read or written as asked; the message names the file."""
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_bytes(tmp, data)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise DatasetError(f"cannot write {path}: {e.strerror or e}") from e
+        hint = "; free some space, then re-run with --resume" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise DatasetError(f"cannot write {path}: {e.strerror or e}{hint} (earlier shards are intact)") from e
+
+
+def _version_of(path: Path, schema: pa.Schema) -> str:
+    meta = schema.metadata or {}
+    if b"lam_schema_version" in meta:
+        return meta[b"lam_schema_version"].decode()
+    if "schema_version" in schema.names:  # version 1 wrote it only as a column
+        try:
+            col = pq.read_table(path, columns=["schema_version"]).column(0)
+            return str(col[0].as_py()) if len(col) else "unknown"
+        except Exception:
+            pass
+    return "unknown"
 
 
 @dataclass
@@ -51,11 +73,14 @@ class TrajectoryStore:
             return {"schema_version": SCHEMA_VERSION, "shards": {}, "meta": {}}
         try:
             m = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError) as e:
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as e:
             raise DatasetError(f"corrupt manifest {path}: {e}") from e
+        if not isinstance(m, dict) or "shards" not in m:
+            raise DatasetError(f"corrupt manifest {path}: no 'shards' table")
         if m.get("schema_version") != SCHEMA_VERSION:
             raise DatasetError(
-                f"{path}: schema version {m.get('schema_version')} but this code reads version {SCHEMA_VERSION}"
+                f"{path}: schema version {m.get('schema_version')} but this code reads version {SCHEMA_VERSION}; "
+                "re-collect into a new --out (see data_collection/schema.py for what changed)"
             )
         return m
 
@@ -68,18 +93,52 @@ class TrajectoryStore:
         self._save_manifest(m)
 
     # -- writing -----------------------------------------------------------------------
-    def write_shard(self, subset: str, name: str, records: list[dict], info: dict | None = None) -> Path:
+    def write_shard(self, subset: str, name: str, records: list[dict] | pa.Table, info: dict | None = None) -> Path:
         """Write one shard atomically, then record it in the manifest."""
-        (self.root / subset).mkdir(parents=True, exist_ok=True)
-        path = self.root / subset / f"{name}.parquet"
-        sink = pa.BufferOutputStream()
-        pq.write_table(records_to_table(records), sink, compression="zstd")
-        _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        return self.write_group(name, {subset: records}, {subset: info or {}})[subset]
+
+    def write_group(
+        self, name: str, parts: dict[str, list[dict] | pa.Table], infos: dict[str, dict], ledger: dict | None = None
+    ) -> dict[str, Path]:
+        """Write `<subset>/<name>.parquet` for every non-empty part, then list them all, and the
+        collector's `ledger` entry for the batch (`manifest["batches"][name]`), in one manifest
+        update: a batch is in the dataset completely or not at all. On a write error the group's
+        files are removed again and the DatasetError names the file."""
+        written: dict[str, Path] = {}
         m = self.manifest()
-        episodes = len({r["episode_id"] for r in records})
-        m["shards"][f"{subset}/{name}"] = {"rows": len(records), "episodes": episodes, **(info or {})}
-        self._save_manifest(m)
-        return path
+        before = set(m["shards"])
+        try:
+            for subset, rows in parts.items():
+                table = rows if isinstance(rows, pa.Table) else records_to_table(rows)
+                if ledger is not None and table.num_rows == 0:
+                    continue  # the ledger records the batch; no empty shard files
+                (self.root / subset).mkdir(parents=True, exist_ok=True)
+                path = self.root / subset / f"{name}.parquet"
+                sink = pa.BufferOutputStream()
+                pq.write_table(table.replace_schema_metadata(TRAJECTORY_SCHEMA.metadata), sink, compression="zstd")
+                _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+                written[subset] = path
+                episodes = len(pc.unique(table.column("episode_id"))) if table.num_rows else 0
+                m["shards"][f"{subset}/{name}"] = {"rows": table.num_rows, "episodes": episodes, **infos.get(subset, {})}
+            if ledger is not None:
+                m.setdefault("batches", {})[name] = ledger
+            self._save_manifest(m)
+        except BaseException:
+            for subset, path in written.items():
+                if f"{subset}/{name}" not in before:  # never delete a shard the manifest already lists
+                    path.unlink(missing_ok=True)
+            raise
+        return written
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete shard files and temp files the manifest does not list (left by a killed writer)."""
+        listed = {self.root / f"{k}.parquet" for k in self.manifest()["shards"]}
+        removed = []
+        for path in sorted(self.root.glob("*/*.parquet")) + sorted(self.root.glob("**/.*.tmp-*")):
+            if path not in listed:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     # -- reading -----------------------------------------------------------------------
     def shard_paths(self, subset: str | None = None) -> list[Path]:
@@ -87,14 +146,30 @@ class TrajectoryStore:
         keys = sorted(k for k in m["shards"] if subset is None or k.split("/")[0] == subset)
         return [self.root / f"{k}.parquet" for k in keys]
 
+    def check_shard(self, path: Path) -> pa.Schema:
+        """The shard's schema, or a DatasetError naming the file (missing, corrupt, other version)."""
+        if not path.exists():
+            raise DatasetError(f"missing shard {path} (listed in {self.root / MANIFEST})")
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise DatasetError(f"corrupt shard {path}: {e}") from e
+        if not schema.equals(TRAJECTORY_SCHEMA):
+            raise DatasetError(
+                f"{path}: schema version {_version_of(path, schema)}, expected {SCHEMA_VERSION} "
+                f"(its columns differ from data_collection/schema.py)"
+            )
+        return schema
+
     def read(self, subset: str | None = None, columns: list[str] | None = None) -> pa.Table:
         tables = []
         for path in self.shard_paths(subset):
+            self.check_shard(path)
             try:
                 t = pq.read_table(path, columns=columns)
             except (OSError, pa.ArrowInvalid) as e:
-                raise DatasetError(f"corrupt or missing shard {path}: {e}") from e
-            if columns is None or "schema_version" in (columns or []):
+                raise DatasetError(f"corrupt shard {path}: {e}") from e
+            if columns is None or "schema_version" in columns:
                 versions = set(t.column("schema_version").to_pylist()) if t.num_rows else {SCHEMA_VERSION}
                 if versions != {SCHEMA_VERSION}:
                     raise DatasetError(f"{path}: schema version {sorted(versions)}, expected {SCHEMA_VERSION}")

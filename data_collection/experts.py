@@ -1,0 +1,101 @@
+"""The policies collection runs, behind the agent's one `Policy` interface:
+
+    {"kind": "expert"}                     the environment's expert (BabyAI bot, BFCL gold calls)
+    {"kind": "gold", "path": DIR|FILE}     replay of recorded action sequences (agent ScriptedPolicy):
+                                           a lam dataset's train/ episodes, or JSONL lines
+                                           {"task_id": "BabyAI-GoToLocal-v0/12", "actions": [...]}
+    {"kind": "model", "base_url": URL, "model": NAME, "temperature": 0.0}
+                                           any OpenAI-compatible endpoint (a teacher, or the model
+                                           being trained: the self-improvement path)
+    {"kind": "random", "seed": 0}          the floor
+
+All of them run through agent.episode.run_episode, so the recorded states are exactly what an agent sees.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.episode import EpisodeTimeout
+from agent.policies import PolicyError, ScriptedPolicy
+from agent.worker import build_policy
+
+POLICY_KINDS = ("expert", "gold", "model", "random")
+
+
+class GuardedExpert:
+    """An expert whose crash ends the episode as a labelled failure (end_reason "policy_error",
+    the reason in `error`) instead of killing the collector: the BabyAI bot raises on some seeds
+    (BotStuck, DisappearedBoxError, assertion errors in its planner)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def begin(self, env, task) -> None:
+        self._guard(self.inner.begin, env, task)
+
+    def act(self, messages, env, step, attempt) -> str:
+        return self._guard(self.inner.act, messages, env, step, attempt)
+
+    @staticmethod
+    def _guard(fn, *args):
+        try:
+            return fn(*args)
+        except (EpisodeTimeout, PolicyError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise PolicyError(f"expert failed: {type(e).__name__}: {str(e)[:200]}") from e
+
+
+def load_gold(path: str | Path) -> dict[str, list[str]]:
+    """task_id -> actions, from a lam dataset directory (its train/ shards, any schema version:
+    only task_id, step and action are read) or a JSONL file."""
+    path = Path(path)
+    if path.is_dir():
+        import pyarrow.parquet as pq
+
+        files = sorted((path / "train").glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"no train/*.parquet in {path}: not a lam dataset to replay")
+        steps: dict[str, list[tuple[int, str]]] = {}
+        for f in files:
+            t = pq.read_table(f, columns=["task_id", "step", "action"]).to_pydict()
+            for tid, step, action in zip(t["task_id"], t["step"], t["action"]):
+                steps.setdefault(tid, []).append((step, action))
+        return {tid: [a for _, a in sorted(v)] for tid, v in steps.items()}
+    if not path.exists():
+        raise FileNotFoundError(f"gold file {path} does not exist")
+    gold = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                gold[row["task_id"]] = list(row["actions"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: expected {{\"task_id\": ..., \"actions\": [...]}} ({e})") from e
+    return gold
+
+
+def build_collect_policy(spec: dict):
+    kind = spec.get("kind", "expert")
+    if kind == "gold":
+        if not spec.get("path"):
+            raise ValueError("policy gold needs a path (--gold DIR_OR_JSONL)")
+        return ScriptedPolicy(load_gold(spec["path"]))
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown policy kind {kind!r}: expected {', '.join(POLICY_KINDS)}")
+    policy = build_policy(spec)
+    return GuardedExpert(policy) if kind == "expert" else policy
+
+
+def policy_model(spec: dict, expert_version: str) -> str:
+    """What goes into the `model` column: which model or program, and its version."""
+    kind = spec.get("kind", "expert")
+    if kind == "expert":
+        return expert_version or "expert"
+    if kind == "model":
+        return f"{spec['model']} @ {spec['base_url']} (T={spec.get('temperature', 0.0)})"
+    if kind == "gold":
+        return f"gold replay of {spec['path']}"
+    return f"random (seed {spec.get('seed', 0)})"
