@@ -1,140 +1,252 @@
-"""Load-test an OpenAI-compatible server: throughput, latency and time-to-first-token under concurrency.
+"""Agent throughput through the serving stack: 32 BabyAI agents against one server, batched vs one at a time.
 
-    python bench/serve.py --model runs/sft/final --threads 2 --concurrency 32 --requests 128
-    python bench/serve.py --tiny                                   # tiny random model, no files needed
-    python bench/serve.py --base-url http://127.0.0.1:8000/v1 --api-key $LAM_API_KEY --model-name final
+    python bench/serve.py                          # trained model if runs/quickstart/train/export exists, else tiny
+    python bench/serve.py --model runs/quickstart/train/export --clients 32 --seconds 60 --threads 1
+    python bench/serve.py --tiny --seconds 30 --out /tmp/serve.json
 
-With --model/--tiny the server is started as a subprocess (serving.launch) and stopped afterwards.
-Prints one JSON summary line (also written to --out if given).
+Each of `--clients` threads runs real agent episodes (agent.episode.run_episode + agent.policies.ModelPolicy
+over the official `openai` client + envs.babyai.BabyAIEnv) against an embedded-backend server started as a
+subprocess. The same clients run twice in one invocation: against a server with `--max-batch-size 1` (every
+request served alone) and against one with `--max-batch-size CLIENTS` (continuous batching). After a warm-up
+both are measured over the same wall-clock window; the figure of merit is agent steps/s (an agent step is
+one environment decision, including its grounding retries). Any model works: a random model's invalid
+outputs are retried, then counted as invalid steps; a trained one ends requests at eos much sooner.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib.util
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+TRAINED = ROOT / "runs" / "quickstart" / "train" / "export"
+LEVEL = "BabyAI-GoToLocal-v0"
 
 
-def _tiny_model(tmp: str) -> str:
-    """Build the random tiny model used by tests/serving (kept there so tests own it)."""
-    path = ROOT / "tests" / "serving" / "serving_tiny_model.py"
-    spec = importlib.util.spec_from_file_location("serving_tiny_model", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return str(mod.build_tiny_model(Path(tmp) / "tiny-lam"))
+def build_babyai_tiny_model(out_dir: str | Path, episodes: int = 40) -> Path:
+    """A random `tiny`-preset Llama (the quickstart's size) with a BabyAI tokenizer and chat template.
+
+    The tokenizer is trained, as in training/, on prompts rendered from a few BabyAI-bot episodes, so prompt
+    lengths match what the quickstart model sees. Weights are random: outputs are mostly invalid actions.
+    """
+    from agent.episode import RunnerConfig, run_episode
+    from agent.policies import ExpertPolicy
+    from agent.prompt import Turn, render_training_chunks
+    from envs.babyai import BabyAIEnv
+    from envs.base import Task
+    from training.model import build_model
+    from training.tokenizer import train_tokenizer
+
+    env, texts = BabyAIEnv(), []
+    for seed in range(episodes):
+        ep = run_episode(env, ExpertPolicy(), Task("babyai", LEVEL, seed), RunnerConfig(max_steps=64))
+        turns = [Turn(s.state, s.prev_feedback, s.action) for s in ep.steps]
+        for chunk in render_training_chunks(ep.request, turns, env.action_names(), 8):
+            texts.append("".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in chunk))
+    tok = train_tokenizer(texts, vocab_size=2048)
+    model = build_model("tiny", vocab_size=len(tok), max_positions=1024)
+    model.generation_config.eos_token_id = model.config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id = tok.pad_token_id
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
-async def _one(client, model: str, i: int, max_tokens: int, stream: bool) -> dict:
-    messages = [{"role": "user", "content": f"Task {i}: go to the red door, then pick up the key."}]
-    t0 = time.perf_counter()
-    ttft, tokens = None, 0
-    if stream:
-        resp = await client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                    temperature=0, stream=True,
-                                                    stream_options={"include_usage": True})
-        async for chunk in resp:
-            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                ttft = time.perf_counter() - t0
-            if chunk.usage:
-                tokens = chunk.usage.completion_tokens
-    else:
-        resp = await client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                    temperature=0)
-        tokens = resp.usage.completion_tokens
-    return {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": tokens}
+class _TimedPolicy:
+    """Wraps ModelPolicy: logs (end time, latency, step key) of every request it makes."""
+
+    def __init__(self, inner, log: list, client: int):
+        self.inner, self.name, self.log, self.client, self.episode = inner, inner.name, log, client, -1
+
+    def begin(self, env, task) -> None:
+        self.episode += 1
+        self.inner.begin(env, task)
+
+    def act(self, messages, env, step, attempt) -> str:
+        t0 = time.monotonic()
+        out = self.inner.act(messages, env, step, attempt)
+        t1 = time.monotonic()
+        self.log.append((t1, t1 - t0, (self.client, self.episode, step)))
+        return out
 
 
-async def run_load(base_url: str, api_key: str, model: str, requests: int, concurrency: int,
-                   max_tokens: int, stream: bool) -> dict:
-    import openai
+def _client_threads(ids: list[int], base_url: str, model: str, t_off: float, max_tokens: int,
+                    temperature: float, max_retries: int) -> tuple[list, list]:
+    """Agents `ids`, one thread each, until time.monotonic() reaches t_off; returns (request log, errors)."""
+    from agent.episode import RunnerConfig, run_episode
+    from agent.policies import ModelPolicy
+    from envs.babyai import BabyAIEnv
+    from envs.base import Task
+    from envs.registry import TEST_SEEDS
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=600)
-    sem = asyncio.Semaphore(concurrency)
-    errors = 0
+    log, errors = [], []
 
-    async def guarded(i):
-        nonlocal errors
-        async with sem:
-            try:
-                return await _one(client, model, i, max_tokens, stream)
-            except openai.APIError:
-                errors += 1
-                return None
+    def client(c: int) -> None:
+        env = BabyAIEnv()
+        policy = _TimedPolicy(ModelPolicy(base_url, model, temperature=temperature, max_tokens=max_tokens,
+                                          timeout_s=600, retries=0), log, c)
+        k = 0
+        while time.monotonic() < t_off:  # the same task sequence per client in every phase
+            task = Task("babyai", LEVEL, TEST_SEEDS[0] + 1000 * c + k, split="test")
+            cfg = RunnerConfig(max_steps=64, max_retries=max_retries, time_limit_s=t_off - time.monotonic())
+            ep = run_episode(env, policy, task, cfg)
+            if ep.error:
+                errors.append(ep.error)
+                return
+            k += 1
 
-    await _one(client, model, -1, 4, False)  # warm-up (first forward pays one-off costs)
-    t0 = time.perf_counter()
-    results = [r for r in await asyncio.gather(*(guarded(i) for i in range(requests))) if r]
-    wall = time.perf_counter() - t0
-    await client.close()
-    lat = sorted(r["latency"] for r in results) or [0.0]
-    ttfts = sorted(r["ttft"] for r in results if r["ttft"] is not None)
-    pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None  # noqa: E731
-    out_tokens = sum(r["tokens"] for r in results)
-    return {"requests": requests, "ok": len(results), "errors": errors, "concurrency": concurrency,
-            "max_tokens": max_tokens, "wall_s": round(wall, 3), "req_per_s": round(len(results) / wall, 2),
-            "output_tok_per_s": round(out_tokens / wall, 1), "latency_p50_s": round(statistics.median(lat), 3),
-            "latency_p95_s": round(pct(lat, 0.95), 3),
-            "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None}
+    stdout = sys.stdout
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # envs.babyai silences reset() with contextlib.redirect_stdout, which is process-wide: threads racing
+    # through it can leave sys.stdout pointing at a StringIO.
+    sys.stdout = stdout
+    return log, errors
+
+
+def run_clients(base_url: str, model: str, clients: int, warmup_s: float, seconds: float, max_tokens: int,
+                temperature: float, max_retries: int, procs: int = 1) -> dict:
+    """`clients` agents (threads spread over `procs` processes, like a fleet of agent workers) for
+    warmup_s + seconds; statistics over the measured window only.
+
+    A step that took k requests counts 1/k for each request finished inside the window, so steps cut by the
+    window's edges count in proportion (serial steps can take longer than the window)."""
+    t_on = time.monotonic() + warmup_s
+    t_off = t_on + seconds
+    args = (base_url, model, t_off, max_tokens, temperature, max_retries)
+    groups = [list(range(clients))[i::procs] for i in range(procs)]
+    if procs == 1:
+        log, errors = _client_threads(groups[0], *args)
+    else:  # one Python process holds one GIL: the client side alone could not keep a batched server busy
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_client_threads, groups, *[[x] * procs for x in args]))
+        log = [x for part, _ in parts for x in part]
+        errors = [e for _, part in parts for e in part]
+    per_step: dict = {}
+    for _, _, key in log:
+        per_step[key] = per_step.get(key, 0) + 1
+    window = [(d, key) for t, d, key in log if t_on <= t < t_off]
+    return {"seconds": seconds, "steps": sum(1 / per_step[key] for _, key in window),
+            "latencies": [d for d, _ in window], "errors": errors}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Pool the measured windows of one phase (several rounds) into rates and latency percentiles."""
+    seconds = sum(r["seconds"] for r in runs)
+    steps = sum(r["steps"] for r in runs)
+    lat = sorted(d for r in runs for d in r["latencies"])
+    pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None  # noqa: E731
+    errors = [e for r in runs for e in r["errors"]]
+    return {"agent_steps_per_s": round(steps / seconds, 3), "requests_per_s": round(len(lat) / seconds, 2),
+            "agent_steps": round(steps, 1), "requests": len(lat), "measured_s": seconds,
+            "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99),
+            "latency_mean_s": round(statistics.fmean(lat), 3) if lat else None,
+            "n_errors": len(errors), "errors": errors[:3]}
+
+
+def _server_stats(root_url: str) -> dict:
+    """Rows per forward, forward time per phase, padding and prefix-cache hits, from the server's /metrics."""
+    import httpx
+
+    v = {}
+    for line in httpx.get(root_url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(("lam_batch_size_sum", "lam_batch_size_count", "lam_prefix_cache", "lam_worker_")):
+            name, value = line.rsplit(" ", 1)
+            v[name] = float(value)
+    out = {"prefix_cache_hit_ratio": round(v.get("lam_prefix_cache_hit_ratio", 0.0), 3)}
+    for phase in ("prefill", "decode"):
+        n = v.get(f'lam_batch_size_count{{phase="{phase}"}}')
+        if n:
+            out[f"{phase}_forwards"] = int(n)
+            out[f"{phase}_mean_rows"] = round(v[f'lam_batch_size_sum{{phase="{phase}"}}'] / n, 2)
+            out[f"{phase}_ms_per_forward"] = round(1000 * v.get(f"lam_worker_{phase}_s", 0.0) / n, 1)
+    if v.get("lam_worker_prefill_padded_tokens"):
+        out["prefill_padding_share"] = round(1 - v["lam_worker_prefill_tokens"] / v["lam_worker_prefill_padded_tokens"], 3)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="model dir: start a server subprocess for it")
-    src.add_argument("--tiny", action="store_true", help="build and serve the tiny random test model")
-    src.add_argument("--base-url", help="existing server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model-name", default=None, help="served model name (default: basename of --model)")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads of the started server")
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--backend", default="transformers", choices=["auto", "transformers", "vllm"])
-    p.add_argument("--requests", type=int, default=64)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--no-stream", action="store_true", help="measure non-streaming requests (no TTFT)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help=f"model dir (default: {TRAINED.relative_to(ROOT)} if it exists, else --tiny)")
+    src.add_argument("--tiny", action="store_true", help="build a random tiny-preset model with a BabyAI tokenizer")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--client-procs", type=int, default=4, help="processes the client threads are spread over")
+    p.add_argument("--seconds", type=float, default=30.0, help="measured window per phase and round")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds run before each window opens")
+    p.add_argument("--rounds", type=int, default=2, help="serial, batched, serial, batched, ...")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="server dtype (auto: float32 on CPU; bfloat16 uses AMX where the CPU has it)")
+    p.add_argument("--max-tokens", type=int, default=16, help="ModelPolicy's max_tokens (its default: 16)")
+    p.add_argument("--temperature", type=float, default=0.0, help="first attempt; retries sample at >= 0.7")
+    p.add_argument("--max-retries", type=int, default=2, help="grounding retries per step (eval's default: 2)")
+    p.add_argument("--phases", default="serial,batched", help="comma list of serial, batched")
     p.add_argument("--out", default=None, help="also write the JSON summary here")
     a = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the env and client side need no thread pools
 
-    from serving.launch import default_model_name, start_server_subprocess
+    from serving.launch import start_server_subprocess
 
-    handle, tmp = None, tempfile.TemporaryDirectory(prefix="lam-bench-")
+    tmp = tempfile.TemporaryDirectory(prefix="lam-bench-serve-")
+    model_dir = a.model or (str(TRAINED) if not a.tiny and (TRAINED / "config.json").exists() else None)
+    if model_dir is None:
+        t0 = time.perf_counter()
+        model_dir = str(build_babyai_tiny_model(Path(tmp.name) / "babyai-tiny"))
+        print(f"built random tiny BabyAI model in {time.perf_counter() - t0:.1f}s: {model_dir}", file=sys.stderr)
+    summary = {"model": model_dir, "clients": a.clients, "client_procs": a.client_procs, "dtype": a.dtype, "seconds": a.seconds, "threads": a.threads,
+               "max_tokens": a.max_tokens, "temperature": a.temperature, "level": LEVEL,
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"}
+    phases = a.phases.split(",")
+    servers, runs = {}, {phase: [] for phase in phases}
+    batches = {"serial": 1, "batched": a.clients}
     try:
-        if a.base_url:
-            base_url, model = a.base_url, a.model_name
-            if not model:
-                p.error("--model-name is required with --base-url")
-        else:
-            model_dir = _tiny_model(tmp.name) if a.tiny else a.model
-            model = a.model_name or default_model_name(model_dir)
-            handle = start_server_subprocess(model_dir, threads=a.threads, max_batch_size=a.max_batch_size,
-                                             api_key=a.api_key, model_name=model, backend=a.backend,
-                                             timeout=900)
-            base_url = handle.base_url
-        summary = asyncio.run(run_load(base_url, a.api_key, model, a.requests, a.concurrency, a.max_tokens,
-                                       not a.no_stream))
-        summary.update(model=model, base_url=base_url)
-        if handle is not None:
-            import httpx
-            metrics = httpx.get(handle.root_url + "/metrics").text
-            batches = [ln for ln in metrics.splitlines() if ln.startswith("lam_batch_size_")]
-            summary["batch_metrics"] = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in batches
-                                        if "_count" in ln or "_sum" in ln}
-        line = json.dumps(summary)
-        print(line)
-        if a.out:
-            Path(a.out).write_text(line + "\n")
+        for phase in phases:  # both servers stay up; an idle one only waits on a condition variable
+            servers[phase] = start_server_subprocess(model_dir, threads=a.threads, max_batch_size=batches[phase],
+                                                     timeout=900, extra_args=["--log-level", "warning", "--dtype", a.dtype])
+        for rnd in range(a.rounds):  # alternate phases so load from other processes hits both alike
+            for phase in phases:
+                h = servers[phase]
+                runs[phase].append(run_clients(h.base_url, h.model_name, a.clients, a.warmup, a.seconds,
+                                               a.max_tokens, a.temperature, a.max_retries, a.client_procs))
+                r = summarize(runs[phase][-1:])
+                print(f"round {rnd + 1} {phase:8s}: {r['agent_steps_per_s']:7.2f} agent steps/s "
+                      f"{r['requests_per_s']:7.2f} requests/s  latency p50 {r['latency_p50_s']}s "
+                      f"p99 {r['latency_p99_s']}s", file=sys.stderr)
+        for phase in phases:
+            summary[phase] = {**summarize(runs[phase]), "max_batch_size": batches[phase],
+                              **_server_stats(servers[phase].root_url)}
     finally:
-        if handle is not None:
-            handle.stop()
+        for h in servers.values():
+            h.stop()
         tmp.cleanup()
+    if "serial" in summary and "batched" in summary and summary["serial"]["agent_steps_per_s"]:
+        summary["speedup"] = round(summary["batched"]["agent_steps_per_s"]
+                                   / summary["serial"]["agent_steps_per_s"], 2)
+        print(f"batched / serial agent steps/s: {summary['speedup']}x  (latency p50/p99: serial "
+              f"{summary['serial']['latency_p50_s']}/{summary['serial']['latency_p99_s']}s, batched "
+              f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)", file=sys.stderr)
+    line = json.dumps(summary)
+    print(line)
+    if a.out:
+        Path(a.out).write_text(line + "\n")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Embedded transformers backend: continuous batching of chat/completion requests on CPU (or one GPU).
+"""Embedded transformers backend: continuous batching of chat/completion requests on CPU or one GPU.
 
     python -c "from serving.embedded import EmbeddedBackend, SamplingParams as P; b = EmbeddedBackend('MODEL_DIR'); \
 print(b.generate_sync(b.encode(b.render_chat([{'role': 'user', 'content': 'hi'}])), P(temperature=0)))"
 
 One worker thread owns the model. HTTP handlers `submit()` requests into a bounded queue; each worker
-iteration admits pending requests (up to `max_batch_size` rows), prefills them as one left-padded batch,
-merges their KV cache into the running batch (when the cache is a plain DynamicCache), and then runs one
-decode step for every active row. Rows leave the batch as soon as they hit eos, a stop string or their
-token budget, so short requests never wait for long ones.
+iteration admits pending requests (up to `max_batch_size` rows), prefills them as one padded batch, merges
+their KV cache into the running batch (serving/kv_cache.py), and then runs one decode step for every active
+row. Rows leave the batch as soon as they hit eos, a stop string or their token budget, so short requests
+never wait for long ones. A finished row's KV is kept in a prefix cache (serving/prefix_cache.py): an agent's
+next prompt extends its last one, so only the new tokens are prefilled.
 """
 from __future__ import annotations
 
@@ -16,60 +17,41 @@ import dataclasses
 import inspect
 import logging
 import threading
+import time
 from collections import deque
-from concurrent.futures import Future
 from typing import Callable
 
 import torch
 
+from . import kv_cache
 from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
                           PromptValidationError, QueueFullError, SamplingParams)
+from .prefix_cache import BLOCK, PrefixCache
+from .sequences import GenerationHandle, Request, Row, fail, sample
 
 __all__ = ["EmbeddedBackend", "GenerationHandle", "SamplingParams", "GenerationResult", "Choice", "BackendError",
            "QueueFullError", "PromptValidationError", "BackendClosedError"]  # re-exported for callers
 
 log = logging.getLogger(__name__)
 
-class _Request:
-    def __init__(self, prompt_ids, params, on_event, max_new):
-        self.prompt_ids, self.params, self.on_event, self.max_new = prompt_ids, params, on_event, max_new
-        self.future: Future = Future()
-        self.cancelled = False
-        self.choices: list[Choice | None] = [None] * params.n
-        self.completion_tokens = 0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class GenerationHandle:
-    """What `submit` returns: `.future` resolves to a GenerationResult; `.cancel()` frees the rows."""
-
-    def __init__(self, req: _Request):
-        self._req = req
-        self.future: Future = req.future
-
-    def cancel(self) -> None:
-        self._req.cancelled = True  # the worker drops the rows at its next step
-        self.future.cancel()
-
-
-class _Row:
-    """One sequence being generated (a request with n=3 has three rows)."""
-
-    def __init__(self, req: _Request, index: int):
-        self.req, self.index = req, index
-        seed = req.params.seed
-        self.gen = None if seed is None else torch.Generator().manual_seed((seed + index) % (2**63))
-        self.out_ids: list[int] = []
-        self.n_sampled = 0
-        self.text = ""
-        self.emitted = 0  # chars of `text` already sent to on_event
-        self.pos = len(req.prompt_ids)  # position id of the next token fed to the model
-        self.finish: str | None = None
-        self.reported = False  # result copied into the request (a row may linger, see _retire)
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """'auto' device: cuda when available, else cpu; 'auto' dtype: bfloat16 on cuda, float32 on cpu."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return dev, DTYPES[dtype]
 
 
 class EmbeddedBackend:
     def __init__(self, model_dir: str, max_batch_size: int = 32, max_queue: int = 256,
-                 num_threads: int | None = None, max_new_tokens_limit: int = 256):
+                 num_threads: int | None = None, max_new_tokens_limit: int = 256, *, device: str = "auto",
+                 dtype: str = "auto", prefix_cache_mb: float = 256):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
@@ -77,9 +59,9 @@ class EmbeddedBackend:
         self.model_dir = model_dir
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_new_tokens_limit = max_new_tokens_limit
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.device = next(self.model.parameters()).device
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
         cfg = self.model.config.get_text_config()
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
@@ -94,15 +76,26 @@ class EmbeddedBackend:
         # Fast tokenizers mutate their Rust state on encode ("Already borrowed" under threads): serialize.
         self._tok_lock = threading.Lock()
         self._cv = threading.Condition()
-        self._pending: deque[_Request] = deque()
-        self._rows: list[_Row] = []
+        self._pending: deque[Request] = deque()
+        self._rows: list[Row] = []
         self._cache = None
         self._mask: torch.Tensor | None = None  # (rows, kv_len) 1 = real token
         self._next: list[int] = []  # last sampled token per row = next decode input
+        # Slab caches (serving/kv_cache.py) let rows join a running batch and reuse cached prefixes; models
+        # with other cache layers (sliding windows, ...) are batched per round without either.
+        self._slab = kv_cache.is_slab_config(self.model.config)
+        self._prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and self._slab else None
+        # Largest share of a prefill batch that may be padding before it is split by prompt length: on CPU
+        # padding costs its full compute, on a GPU a wider batch is nearly free.
+        self._max_padding = 0.5 if self.device.type == "cuda" else 0.2
         self._closing = False
         self.on_batch: Callable[[int, str], None] | None = None  # metrics hook: (rows, 'prefill'|'decode')
         self.max_batch_seen = 0  # largest forward batch so far (rows)
         self.joined_rows = 0  # rows that joined an already running batch (continuous batching)
+        # Worker totals for /metrics and benchmarks: wall and CPU seconds busy (CPU time stays meaningful on a
+        # shared machine), seconds in forward passes, prompt tokens prefilled (and with padding), tokens decoded.
+        self.stats = {"busy_s": 0.0, "busy_cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0,
+                      "prefill_padded_tokens": 0, "decode_tokens": 0, "requests": 0}
         self._worker = threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)
         self._worker.start()
 
@@ -161,7 +154,7 @@ class EmbeddedBackend:
         """Queue a request; raises PromptValidationError, QueueFullError or BackendClosedError."""
         max_new = self.validate(prompt_ids, params, prompt_param)
         params = dataclasses.replace(params, stop=[s for s in params.stop if s])  # "" would match everywhere
-        req = _Request(list(prompt_ids), params, on_event, max_new)
+        req = Request(list(prompt_ids), params, on_event, max_new)
         with self._cv:
             if self._closing:
                 raise BackendClosedError("backend is shutting down")
@@ -191,7 +184,7 @@ class EmbeddedBackend:
             self._cv.notify_all()
         self._worker.join(timeout)
         for req in list(self._pending) + [r.req for r in self._rows]:
-            _fail(req, BackendClosedError("backend is shutting down"))
+            fail(req, BackendClosedError("backend is shutting down"))
         self._pending.clear()
 
     # ---------------------------------------------------------------- worker thread
@@ -203,6 +196,7 @@ class EmbeddedBackend:
                 if self._closing:
                     return
                 admitted = self._admit()
+            wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 with torch.inference_mode():
                     if admitted:
@@ -213,7 +207,7 @@ class EmbeddedBackend:
                                 raise  # failed after joining the batch: state unknown, reset below
                             log.exception("prefill failed")  # the running batch is untouched: keep it
                             for req in admitted:
-                                _fail(req, exc)
+                                fail(req, exc)
                         self._retire()
                     if self._rows:
                         self._decode_step()
@@ -221,12 +215,14 @@ class EmbeddedBackend:
             except Exception as exc:  # a model failure must not kill the worker: fail the affected requests
                 log.exception("generation step failed")
                 for req in [r.req for r in self._rows] + admitted:
-                    _fail(req, exc)
+                    fail(req, exc)
                 self._rows, self._cache, self._mask, self._next = [], None, None, []
+            self.stats["busy_s"] += time.perf_counter() - wall
+            self.stats["busy_cpu_s"] += time.thread_time() - cpu
 
-    def _admit(self) -> list[_Request]:
+    def _admit(self) -> list[Request]:
         """Take pending requests whose rows fit; new rows may only join a running batch if caches can merge."""
-        if self._rows and not _mergeable(self._cache):
+        if self._rows and not kv_cache.is_slab(self._cache):
             return []  # e.g. sliding-window caches: fall back to batching per round
         room, taken = self.max_batch_size - len(self._rows), []
         while self._pending:
@@ -240,11 +236,16 @@ class EmbeddedBackend:
                 break
         return taken
 
+    @property
+    def prefix_cache_hit_ratio(self) -> float:
+        """Share of prompt tokens whose KV came from the prefix cache."""
+        p = self._prefix
+        return p.hit_tokens / p.lookup_tokens if p is not None and p.lookup_tokens else 0.0
+
     def _forward(self, input_ids, mask, positions, cache):
-        kwargs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device),
-                  "use_cache": True, self._cache_kw: cache}
-        if self._pass_positions:  # left padding: each row counts positions from its own first real token
-            kwargs["position_ids"] = positions.to(self.device)
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": True, self._cache_kw: cache}
+        if self._pass_positions:  # padding: each row counts positions from its own first real token
+            kwargs["position_ids"] = positions
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1  # only the last position is needed: saves the vocab projection
         out = self.model(**kwargs)
@@ -255,99 +256,83 @@ class EmbeddedBackend:
 
     def _new_cache(self):
         try:
-            from transformers import DynamicCache
-            return DynamicCache(config=self.model.config)
+            return kv_cache.new_cache(self.model.config)
         except Exception:  # unusual model/config: let the model build its own cache
             return None
 
-    def _prefill(self, reqs: list[_Request]) -> None:
-        rows = [_Row(req, i) for req in reqs for i in range(req.params.n)]
-        width = max(len(r.req.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            p = r.req.prompt_ids
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    def _prefill(self, reqs: list[Request]) -> None:
+        """Prefill the admitted requests, reusing cached prefixes, in groups of similar new-token counts."""
+        hits = {id(q): self._prefix.lookup(q.prompt_ids) for q in reqs} if self._prefix is not None else {}
+        if not self._slab:
+            return self._prefill_group(reqs, hits)
+        new = {id(q): len(q.prompt_ids) - hits.get(id(q), (None, 0))[1] for q in reqs}
+        # Prefill is compute-bound on CPU: padding every prompt to the longest one wasted a third of it.
+        group: list[Request] = []
+        for q in sorted(reqs, key=lambda q: new[id(q)]):  # ascending: q is the longest of its group
+            grown = group + [q]
+            padded = sum(g.params.n for g in grown) * new[id(q)]
+            if group and sum(new[id(g)] * g.params.n for g in grown) < (1 - self._max_padding) * padded:
+                self._prefill_group(group, hits)
+                grown = [q]
+            group = grown
+        self._prefill_group(group, hits)
+
+    def _prefill_group(self, reqs: list[Request], hits: dict) -> None:
+        """One forward over some prompts. Row i holds [pad][cached prefix m_i][pad][new tokens]."""
+        rows = [Row(req, i) for req in reqs for i in range(req.params.n)]
+        prefixes = [hits.get(id(r.req), (None, 0)) for r in rows]
+        width = max(m for _, m in prefixes)  # cached columns
+        news = [r.req.prompt_ids[m:] for r, (_, m) in zip(rows, prefixes)]
+        span = max(len(t) for t in news)
+        ids = torch.full((len(rows), span), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width + span), dtype=torch.long)
+        for i, (new, (_, m)) in enumerate(zip(news, prefixes)):
+            ids[i, span - len(new):] = torch.tensor(new, dtype=torch.long)
+            mask[i, width - m:width] = 1
+            mask[i, width + span - len(new):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        cache = (kv_cache.from_prefixes(self.model.config, [p for p, _ in prefixes], width, span) if width
+                 else self._new_cache())
         self._observe(len(rows), "prefill")
-        logits, cache = self._forward(ids, mask, positions, self._new_cache())
-        tokens = self._sample(logits, rows)
-        if self._rows:  # join the running batch (only reached when both caches are mergeable)
-            self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
-            self.joined_rows += len(rows)
+        t0 = time.perf_counter()
+        logits, cache = self._forward(ids, mask, positions, cache)
+        tokens = sample(logits, rows)
+        self.stats["prefill_s"] += time.perf_counter() - t0
+        self.stats["prefill_tokens"] += sum(len(t) for t in news)
+        self.stats["prefill_padded_tokens"] += len(rows) * span
+        if self._slab:  # join the running batch, whose slab is allocated once and then reused
+            if self._cache is None:
+                self._cache = kv_cache.empty_batch(cache, self.max_batch_size, max(256, 2 * (width + span)))
+            self.joined_rows += len(rows) if self._rows else 0
+            self._cache, self._mask = kv_cache.merge(self._cache, self._mask if self._rows else None, cache, mask)
             self._rows += rows
             self._next += tokens
-        else:
+        else:  # other caches cannot merge: _admit only lets requests in when no batch is running
             self._rows, self._cache, self._mask, self._next = rows, cache, mask, tokens
         for r, t in zip(rows, tokens):
-            self._accept(r, t)
+            r.accept(t, self.eos_ids, self.decode)
 
     def _decode_step(self) -> None:
         rows = self._rows
-        self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-        ids = torch.tensor(self._next, dtype=torch.long).unsqueeze(1)
-        positions = torch.tensor([r.pos for r in rows], dtype=torch.long).unsqueeze(1)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        ids = torch.tensor(self._next, dtype=torch.long).unsqueeze(1).to(self.device)
+        positions = torch.tensor([r.pos for r in rows], dtype=torch.long).unsqueeze(1).to(self.device)
+        for r in rows:
+            r.pos += 1
         self._observe(len(rows), "decode")
+        t0 = time.perf_counter()
         logits, self._cache = self._forward(ids, self._mask, positions, self._cache)
-        self._next = self._sample(logits, rows)
+        self._next = sample(logits, rows)
+        self.stats["decode_s"] += time.perf_counter() - t0
+        self.stats["decode_tokens"] += len(rows)
         for r, t in zip(rows, self._next):
-            self._accept(r, t)
+            r.accept(t, self.eos_ids, self.decode)
 
     def _observe(self, rows: int, phase: str) -> None:
         self.max_batch_seen = max(self.max_batch_seen, rows)
         if self.on_batch is not None:
             self.on_batch(rows, phase)
-
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        out = logits.argmax(dim=-1).tolist()  # greedy for every row; sampled rows overwrite below
-        for i, r in enumerate(rows):
-            p = r.req.params
-            if r.finish or p.temperature < 1e-5:  # tiny temperatures overflow the softmax: same as greedy
-                continue
-            probs = torch.softmax(logits[i].double() / p.temperature, dim=-1)
-            if p.top_p < 1.0:  # nucleus: smallest prefix of sorted tokens whose mass reaches top_p
-                probs, idx = probs.sort(descending=True)
-                drop = (probs.cumsum(0) - probs) >= p.top_p
-                drop[0] = False  # the top token always survives, however small top_p is
-                probs[drop] = 0.0
-            else:
-                idx = None
-            if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
-                continue  # degenerate logits: keep greedy rather than fail the whole batch
-            k = int(torch.multinomial(probs, 1, generator=r.gen))
-            out[i] = int(idx[k]) if idx is not None else k
-        return out
-
-    def _accept(self, r: _Row, token: int) -> None:
-        """Append a sampled token to a row, then check eos / stop strings / budget and stream the new text."""
-        if r.finish:
-            return
-        r.n_sampled += 1
-        r.pos += 1
-        if token in self.eos_ids:
-            r.finish = "stop"
-        else:
-            r.out_ids.append(token)
-            r.text = self.decode(r.out_ids)
-            last = r.n_sampled >= r.req.max_new
-            # A trailing U+FFFD is an incomplete UTF-8 char the next token may complete: never match or emit it.
-            stable = r.text if last else r.text.rstrip("\ufffd")
-            cut = min((i for i in (stable.find(s) for s in r.req.params.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                r.text, r.finish = r.text[:cut], "stop"
-            elif last:
-                r.finish = "length"
-        if r.finish:
-            end = len(r.text)
-        else:  # also hold back what could be the start of a stop string
-            end = len(stable) - (max((len(s) for s in r.req.params.stop), default=1) - 1)
-        if r.req.on_event is not None and (end > r.emitted or r.finish):
-            try:
-                r.req.on_event(r.index, r.text[r.emitted:end] if end > r.emitted else "", r.finish)
-            except Exception:  # a broken stream consumer must not break the batch
-                log.exception("on_event callback failed")
-        r.emitted = max(r.emitted, end)
 
     def _retire(self) -> None:
         """Drop finished/cancelled rows from the batch and resolve requests whose rows are all done."""
@@ -362,56 +347,44 @@ class EmbeddedBackend:
             if r.reported:
                 continue
             r.reported = True
+            self._remember(i, r)
             req.choices[r.index] = Choice(r.index, r.text, r.out_ids, r.finish)
             req.completion_tokens += r.n_sampled
             if all(c is not None for c in req.choices) and not req.future.done():
+                self.stats["requests"] += 1
                 req.future.set_result(GenerationResult(req.choices, len(req.prompt_ids), req.completion_tokens))
         if len(keep) == len(self._rows):
             return
         if not keep:
-            self._rows, self._cache, self._mask, self._next = [], None, None, []
+            if kv_cache.is_slab(self._cache):
+                kv_cache.clear(self._cache)  # keep the buffers for the next batch
+            else:
+                self._cache = None
+            self._rows, self._mask, self._next = [], None, []
             return
-        try:
-            self._cache.batch_select_indices(torch.tensor(keep, device=self.device))
-        except Exception:  # cache type without row selection: keep computing finished rows, ignore their output
-            return
+        if kv_cache.is_slab(self._cache):
+            keep = kv_cache.keep_rows(self._cache, keep)  # moves only the last rows into the gaps
+        else:
+            try:
+                self._cache.batch_select_indices(torch.tensor(keep, device=self.device))
+            except Exception:  # no row selection: keep computing finished rows, ignore their output
+                return
         self._rows = [self._rows[i] for i in keep]
         self._next = [self._next[i] for i in keep]
         self._mask = self._mask[keep]
-        if _mergeable(self._cache):  # drop left-padding columns no remaining row needs
+        if kv_cache.is_slab(self._cache):  # drop left-padding columns no remaining row needs
             first = int(self._mask.any(dim=0).int().argmax())
             if first > 0:
                 for layer in self._cache.layers:
-                    layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+                    layer.drop_left(first)
                 self._mask = self._mask[:, first:]
 
-
-def _fail(req: _Request, exc: Exception) -> None:
-    if not req.future.done():
-        req.future.set_exception(exc)
-
-
-def _mergeable(cache) -> bool:
-    """Only plain DynamicLayer caches ([batch, heads, seq, dim] tensors) can be padded and concatenated."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    return (isinstance(cache, DynamicCache) and len(cache.layers) > 0
-            and all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers))
-
-
-def _merge(cache_a, mask_a: torch.Tensor, cache_b, mask_b: torch.Tensor):
-    """Concatenate two batches along the batch dim, left-padding the shorter KV history with masked zeros."""
-    width = max(mask_a.shape[1], mask_b.shape[1])
-
-    def lpad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        missing = width - t.shape[dim]
-        if missing == 0:
-            return t
-        shape = list(t.shape)
-        shape[dim] = missing
-        return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-    for la, lb in zip(cache_a.layers, cache_b.layers):
-        la.keys = torch.cat([lpad(la.keys, -2), lpad(lb.keys, -2)], dim=0)
-        la.values = torch.cat([lpad(la.values, -2), lpad(lb.values, -2)], dim=0)
-    return cache_a, torch.cat([lpad(mask_a, 1), lpad(mask_b, 1)], dim=0)
+    def _remember(self, i: int, r: Row) -> None:
+        """Copy a finished row's KV (prompt + fed completion tokens, whole blocks) into the prefix cache."""
+        if self._prefix is None or not kv_cache.is_slab(self._cache):
+            return
+        fed = r.req.prompt_ids + r.sampled[:-1]  # the last sampled token was never fed
+        columns = self._mask[i].nonzero().squeeze(1)
+        n = len(fed) // BLOCK * BLOCK
+        if n and len(columns) == len(fed):
+            self._prefix.store(fed[:n], kv_cache.row_kv(self._cache, i, columns[:n]))

@@ -13,7 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/openapi.json")
 
 
 class ServingMetrics:
@@ -26,6 +26,8 @@ class ServingMetrics:
         self.completion_tokens = Counter("lam_completion_tokens", "Completion tokens generated", registry=r)
         self.queue_depth = Gauge("lam_queue_depth", "Requests waiting for the batch worker", registry=r)
         self.active = Gauge("lam_active_sequences", "Sequences in the running batch", registry=r)
+        self.prefix_hits = Gauge("lam_prefix_cache_hit_ratio", "Share of prompt tokens served from the prefix cache",
+                                 registry=r)
         self.batch_size = Histogram("lam_batch_size", "Sequences per model forward pass", ["phase"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.latency = Histogram("lam_request_latency_seconds", "End-to-end generation latency", ["route"],
@@ -34,6 +36,10 @@ class ServingMetrics:
             # Read live at scrape time rather than updated on every step.
             self.queue_depth.set_function(lambda: getattr(backend, "queue_depth", 0))
             self.active.set_function(lambda: getattr(backend, "active_rows", 0))
+            self.prefix_hits.set_function(lambda: getattr(backend, "prefix_cache_hit_ratio", 0.0))
+            for key in getattr(backend, "stats", {}):  # worker totals: forward seconds and tokens by phase
+                Gauge(f"lam_worker_{key}", f"Backend worker total: {key.replace('_', ' ')}", registry=r
+                      ).set_function(lambda key=key: backend.stats[key])
             if hasattr(backend, "on_batch"):
                 backend.on_batch = lambda rows, phase: self.batch_size.labels(phase).observe(rows)
 

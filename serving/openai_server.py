@@ -3,7 +3,8 @@
     python -m serving.server --model MODEL_DIR --port 8000
     # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...").chat.completions.create(...)
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}], GET /health, GET /metrics.
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}], GET /health, GET /metrics,
+GET /openapi.json (serving/openapi_doc.py).
 Handlers never run the model: they tokenize in a thread, `submit()` to the backend's worker thread and
 await its future, so concurrent requests share the worker's batches. Every client mistake is a 4xx in
 OpenAI's error shape {"error": {"message", "type", "param", "code"}}.
@@ -96,7 +97,8 @@ class _EventStream:
 
 def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
     """Build the FastAPI app; `api_key` (if set) is required as `Authorization: Bearer KEY` on /v1 routes."""
-    app = FastAPI(title="lam-stack serving", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="lam-stack serving", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: app.openapi_schema or _cache_openapi(app, model_name, backend)  # type: ignore[method-assign]
     metrics = ServingMetrics(backend)
     app.state.backend, app.state.metrics, app.state.model_name = backend, metrics, model_name
     app.add_middleware(RequestCounterMiddleware, metrics=metrics)
@@ -378,6 +380,14 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
                 "choices": choices, "usage": usage(res)}
 
     return app
+
+
+def _cache_openapi(app, model_name: str, backend) -> dict:
+    from .openapi_doc import build_openapi
+
+    app.openapi_schema = build_openapi(app, model_name, getattr(backend, "max_new_tokens_limit", None),
+                                       getattr(backend, "max_batch_size", None))
+    return app.openapi_schema
 
 
 def _token_counts(res) -> dict:

@@ -35,10 +35,14 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
           api_key: str | None = None, max_batch_size: int = 32, num_threads: int | None = None, *,
           model_name: str | None = None, max_queue: int = 256, max_new_tokens_limit: int = 256,
           vllm_bin: str | None = None, chat_template: str | None = None, graceful_timeout: float = 30.0,
-          log_level: str = "info") -> None:
+          log_level: str = "info", device: str = "auto", dtype: str = "auto", prefix_cache_mb: float = 256) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. api_key defaults to env LAM_API_KEY."""
     api_key = api_key if api_key is not None else (os.environ.get("LAM_API_KEY") or None)
     name = model_name or default_model_name(model_dir)
+    if os.path.isdir(model_dir) and not os.path.isfile(os.path.join(model_dir, "config.json")):
+        # Before importing torch (seconds): a wrong path is the most common mistake.
+        raise SystemExit(f"Error: {model_dir} has no config.json; pass a model directory written by "
+                         "save_pretrained, e.g. runs/quickstart/train/export")
     kind = resolve_backend(backend, vllm_bin)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
@@ -51,12 +55,13 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
     from .openai_server import create_app
 
     engine = EmbeddedBackend(model_dir, max_batch_size=max_batch_size, max_queue=max_queue,
-                             num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit)
+                             num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit, device=device,
+                             dtype=dtype, prefix_cache_mb=prefix_cache_mb)
     app = create_app(engine, name, api_key=api_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
-    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend, batch<=%d)",
-             model_dir, name, host, port, max_batch_size)
+    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, batch<=%d)",
+             model_dir, name, host, port, engine.device, str(engine.dtype).removeprefix("torch."), max_batch_size)
     try:
         uvicorn.Server(config).run()  # installs SIGINT/SIGTERM handlers and drains on shutdown
     finally:
@@ -93,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--max-new-tokens", type=int, default=256, help="upper limit for max_tokens")
     p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="transformers backend: auto (cuda if available), cpu, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="transformers backend: auto = bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--prefix-cache-mb", type=float, default=256,
+                   help="transformers backend: KV of recent prompts kept for reuse (0 disables)")
     p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
     p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
@@ -102,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     serve(a.model, host=a.host, port=a.port, backend=a.backend, api_key=a.api_key,
           max_batch_size=a.max_batch_size, num_threads=a.num_threads, model_name=a.served_model_name,
           max_queue=a.max_queue, max_new_tokens_limit=a.max_new_tokens, vllm_bin=a.vllm_bin,
-          chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level)
+          chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level,
+          device=a.device, dtype=a.dtype, prefix_cache_mb=a.prefix_cache_mb)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -120,3 +121,18 @@ def test_no_module_imports_vllm():
     assert "vllm" not in sys.modules
     for f in Path(server.__file__).parent.glob("*.py"):
         assert not re.search(r"^\s*(import vllm|from vllm\b)", f.read_text(), re.M), f
+
+
+def test_gpu_benchmark_script_runs_on_cpu_with_a_tiny_config(tmp_path):
+    # What bench/gpu_serve.sh runs on a GPU machine, shrunk: `python -m` from the repo root, JSON to $OUT.
+    root = Path(server.__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_serve", "--tiny", "--concurrency", "1,3",
+                           "--prompt-tokens", "8", "--new-tokens", "4", "--threads", "1"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_serve.json").read_text())
+    assert report["device"] == "cpu" and [r["concurrency"] for r in report["results"]] == [1, 3]
+    for r in report["results"]:
+        assert r["generate_tokens_per_s"] > 0 and r["embedded_tokens_per_s"] > 0
+    assert report["results"][1]["embedded_max_batch"] > 1  # the three requests were batched
