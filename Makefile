@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lam-installed
 PIP := $(PY) -m pip install -qq --disable-pip-version-check
 
-.PHONY: quickstart test test-all install clean-runs
+.PHONY: quickstart test test-all install clean-runs browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,11 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/lam pipeline --config configs/quickstart.yaml
 
-test: $(STAMP)
+# Headless Chromium renders eval's report.html in a test (skipped with a reason where it cannot be installed).
+browser:
+	-command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-all: $(STAMP)
