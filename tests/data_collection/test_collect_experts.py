@@ -9,16 +9,15 @@ import pytest
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
+from agent.episode import RunnerConfig, run_episode
+from agent.policies import ExpertPolicy
 from data_collection.collector import CollectConfig, CollectionError, collect
-from data_collection.experts import load_gold
+from data_collection.experts import GuardedExpert, load_gold
 from data_collection.store import TrajectoryStore, group_episodes
-from envs.babyai import ACTION_NAMES, BASE_LEVELS, BabyAIEnv, _quiet
+from envs.babyai import ACTION_NAMES, BabyAIEnv, _quiet
 from envs.babyai_fast import FastBabyAIBot, fast_gen_obs
 from envs.babyai_text import describe_object, render_view
 from envs.base import Task
-from agent.episode import RunnerConfig, run_episode
-from data_collection.experts import GuardedExpert
-from agent.policies import ExpertPolicy
 
 # Levels that exercise doors, keys, blockers, mazes, carrying and composed missions.
 LEVELS = ["BabyAI-GoToLocal-v0", "BabyAI-BossLevel-v0", "BabyAI-KeyCorridorS3R3-v0", "BabyAI-UnblockPickup-v0",
@@ -128,4 +127,3 @@ def test_model_policy_over_an_openai_endpoint_labels_its_failures(tmp_path):
     assert all(r["policy"] == "model" and r["model"].startswith("stub @ http://127.0.0.1") for e in fails for r in e)
     assert all(r["raw_output"] == "turn left" for e in fails for r in e)
     assert "secret" not in (out / "manifest.json").read_text()
-    assert BASE_LEVELS  # (the registry imported)

@@ -3,9 +3,9 @@ import gymnasium as gym
 import pytest
 
 from agent.episode import RunnerConfig, run_episode
+from agent.policies import ExpertPolicy
 from data_collection.collector import CollectConfig, collect
 from data_collection.experts import GuardedExpert
-from agent.policies import ExpertPolicy
 from data_collection.store import TrajectoryStore, group_episodes
 from envs.babyai import BABYAI_LEVELS, BabyAIEnv, replay
 from envs.babyai_variants import COMPOSE_BASES, variant_name, variant_origin
