@@ -1,16 +1,18 @@
 """Agent throughput through the serving stack: 32 BabyAI agents against one server, batched vs one at a time.
 
     python bench/serve.py                          # trained model if runs/quickstart/train/export exists, else tiny
-    python bench/serve.py --model runs/quickstart/train/export --clients 32 --seconds 60 --threads 1
-    python bench/serve.py --tiny --seconds 30 --out /tmp/serve.json
+    python bench/serve.py --model runs/quickstart/train/export --rounds 2 --seconds 30 --dtype bfloat16
+    python bench/serve.py --tiny --rounds 1 --out /tmp/serve.json
 
-Each of `--clients` threads runs real agent episodes (agent.episode.run_episode + agent.policies.ModelPolicy
-over the official `openai` client + envs.babyai.BabyAIEnv) against an embedded-backend server started as a
-subprocess. The same clients run twice in one invocation: against a server with `--max-batch-size 1` (every
-request served alone) and against one with `--max-batch-size CLIENTS` (continuous batching). After a warm-up
-both are measured over the same wall-clock window; the figure of merit is agent steps/s (an agent step is
-one environment decision, including its grounding retries). Any model works: a random model's invalid
-outputs are retried, then counted as invalid steps; a trained one ends requests at eos much sooner.
+Each of `--clients` agents (threads, spread over `--client-procs` processes like a fleet of agent workers)
+runs real episodes (agent.episode.run_episode + agent.policies.ModelPolicy over the official `openai`
+client + envs.babyai.BabyAIEnv) against embedded-backend servers started as subprocesses: one with
+`--max-batch-size 1` (every request served alone, the baseline) and one with `--max-batch-size CLIENTS`
+(continuous batching). The same clients and tasks run against each in turn, `--rounds` times, so load from
+other processes on the machine hits both alike; each turn has a warm-up, then a measured window. The
+figure of merit is agent steps/s (a step is one environment decision, including its grounding retries),
+with request latency p50/p99. Any model works: a random model's invalid outputs are retried, then counted
+as invalid steps; a trained one mostly answers in one short request.
 """
 from __future__ import annotations
 
@@ -177,7 +179,8 @@ def _server_stats(root_url: str) -> dict:
             out[f"{phase}_mean_rows"] = round(v[f'lam_batch_size_sum{{phase="{phase}"}}'] / n, 2)
             out[f"{phase}_ms_per_forward"] = round(1000 * v.get(f"lam_worker_{phase}_s", 0.0) / n, 1)
     if v.get("lam_worker_prefill_padded_tokens"):
-        out["prefill_padding_share"] = round(1 - v["lam_worker_prefill_tokens"] / v["lam_worker_prefill_padded_tokens"], 3)
+        out["prefill_padding_share"] = round(1 - v["lam_worker_prefill_tokens"]
+                                             / v["lam_worker_prefill_padded_tokens"], 3)
     return out
 
 
@@ -210,17 +213,19 @@ def main() -> None:
         t0 = time.perf_counter()
         model_dir = str(build_babyai_tiny_model(Path(tmp.name) / "babyai-tiny"))
         print(f"built random tiny BabyAI model in {time.perf_counter() - t0:.1f}s: {model_dir}", file=sys.stderr)
-    summary = {"model": model_dir, "clients": a.clients, "client_procs": a.client_procs, "dtype": a.dtype, "seconds": a.seconds, "threads": a.threads,
-               "max_tokens": a.max_tokens, "temperature": a.temperature, "level": LEVEL,
+    summary = {"model": model_dir, "clients": a.clients, "client_procs": a.client_procs, "dtype": a.dtype,
+               "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads, "max_tokens": a.max_tokens,
+               "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"}
+               "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_start": os.getloadavg()[0]}
     phases = a.phases.split(",")
     servers, runs = {}, {phase: [] for phase in phases}
     batches = {"serial": 1, "batched": a.clients}
     try:
         for phase in phases:  # both servers stay up; an idle one only waits on a condition variable
             servers[phase] = start_server_subprocess(model_dir, threads=a.threads, max_batch_size=batches[phase],
-                                                     timeout=900, extra_args=["--log-level", "warning", "--dtype", a.dtype])
+                                                     timeout=900, extra_args=["--log-level", "warning",
+                                                                              "--dtype", a.dtype])
         for rnd in range(a.rounds):  # alternate phases so load from other processes hits both alike
             for phase in phases:
                 h = servers[phase]
@@ -237,12 +242,14 @@ def main() -> None:
         for h in servers.values():
             h.stop()
         tmp.cleanup()
+    summary["load_end"] = os.getloadavg()[0]
     if "serial" in summary and "batched" in summary and summary["serial"]["agent_steps_per_s"]:
         summary["speedup"] = round(summary["batched"]["agent_steps_per_s"]
                                    / summary["serial"]["agent_steps_per_s"], 2)
         print(f"batched / serial agent steps/s: {summary['speedup']}x  (latency p50/p99: serial "
               f"{summary['serial']['latency_p50_s']}/{summary['serial']['latency_p99_s']}s, batched "
-              f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)", file=sys.stderr)
+              f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)",
+              file=sys.stderr)
     line = json.dumps(summary)
     print(line)
     if a.out:

@@ -14,8 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["vocab_size=400", "tokens_per_batch=2048", "warmup_steps=3", "lr=0.003", "eval_fraction=0.1"]
 
 
+# In-process training in this pytest run set these; a child must pick its own rendezvous.
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _clean_env(threads: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env["OMP_NUM_THREADS"] = threads
+    return env
+
+
 def _lam(*args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = _clean_env("1")
     r = subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -61,7 +71,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(bot_dataset, tmp_path):
     full = tmp_path / "full"
     _lam("train", "--data", str(data), "--out", str(full), *args)
     cut = tmp_path / "cut"
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = _clean_env("2")
     p = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", "--data", str(data), "--out", str(cut), *args],
                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
