@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.serving.conftest import ThreadedServer
+
 
 def gullible_reply(messages: list[dict], default: str) -> str:
     """What a model that obeys any instruction in its observation would say: the action an injected
@@ -48,27 +50,15 @@ class StubModelServer:
                                  "message": {"role": "assistant", "content": content}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.server.install_signal_handlers = lambda: None  # not the main thread
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.root_url = f"http://127.0.0.1:{self.port}"
-        self.base_url = self.root_url + "/v1"
+        self._server = ThreadedServer(app)
+        self.port, self.root_url, self.base_url = self._server.port, self._server.root_url, self._server.base_url
 
     def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("stub model server did not start")
-            time.sleep(0.02)
+        self._server.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
+        self._server.__exit__(*exc)
 
 
 @pytest.fixture(scope="session")
