@@ -136,6 +136,10 @@ def run_clients(base_url: str, model: str, clients: int, warmup_s: float, second
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        # Import here, before forking: four children importing minigrid and openai at once on a busy machine
+        # took longer than the warm-up.
+        import agent.episode, agent.policies, envs.babyai, envs.registry, openai  # noqa: E401, F401
+
         with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(_client_threads, groups, *[[x] * procs for x in args]))
         log = [x for part, _ in parts for x in part]
