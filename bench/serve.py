@@ -107,15 +107,11 @@ def _client_threads(ids: list[int], base_url: str, model: str, t_off: float, max
                 return
             k += 1
 
-    stdout = sys.stdout
     threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in ids]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    # envs.babyai silences reset() with contextlib.redirect_stdout, which is process-wide: threads racing
-    # through it can leave sys.stdout pointing at a StringIO.
-    sys.stdout = stdout
     return log, errors
 
 

@@ -5,8 +5,6 @@ verifier: `success` is True only when the level's mission verifier said "success
 """
 from __future__ import annotations
 
-import contextlib
-import io
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI levels with gymnasium)
@@ -52,9 +50,17 @@ VARIANT_LEVELS = register_variants(BASE_LEVELS)
 BABYAI_LEVELS = BASE_LEVELS + VARIANT_LEVELS
 
 
-def _quiet():
-    # BabyAI's level generator prints "Sampling rejected" lines on stdout; keep them off the terminal.
-    return contextlib.redirect_stdout(io.StringIO())
+def _silence_level_generator() -> None:
+    """BabyAI's level generator prints "Sampling rejected" lines; keep them off the terminal.
+
+    Its module's `print` is replaced once, instead of swapping sys.stdout around each reset: that
+    swap is process-wide, so threads resetting concurrently could leave stdout pointing nowhere."""
+    from minigrid.envs.babyai.core import roomgrid_level
+
+    roomgrid_level.print = lambda *args, **kwargs: None
+
+
+_silence_level_generator()
 
 
 class BabyAIEnv:
@@ -77,8 +83,7 @@ class BabyAIEnv:
             self._envs[task.level] = gym.make(task.level)
             install_fast_obs(self._envs[task.level].unwrapped)  # same observations, ~3x cheaper to make
         self._env = self._envs[task.level]
-        with _quiet():
-            obs, _ = self._env.reset(seed=task.seed)
+        obs, _ = self._env.reset(seed=task.seed)
         self.task = task
         self._success = False
         return self.observe(obs)
@@ -182,8 +187,7 @@ class BabyAIBotExpert:
 def replay(level: str, seed: int, actions: list[str]) -> bool:
     """Replay actions in a fresh plain minigrid env and return its verdict (used to audit reports)."""
     env = gym.make(level)
-    with _quiet():
-        env.reset(seed=seed)
+    env.reset(seed=seed)
     success = False
     for a in actions:
         _, reward, terminated, truncated, _ = env.step(ACTION_TO_ID[a])

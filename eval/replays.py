@@ -18,11 +18,10 @@ def render_gif(level: str, seed: int, actions: list[str], size: int = 192, max_f
     import gymnasium as gym
     from PIL import Image
 
-    from envs.babyai import ACTION_TO_ID, _quiet
+    from envs.babyai import ACTION_TO_ID
 
     env = gym.make(level, render_mode="rgb_array")
-    with _quiet():
-        env.reset(seed=seed)
+    env.reset(seed=seed)
     frames, success = [env.render()], False
     for a in actions:
         _, reward, terminated, truncated, _ = env.step(ACTION_TO_ID[a])

@@ -14,7 +14,7 @@ from agent.policies import ExpertPolicy
 from data_collection.collector import CollectConfig, CollectionError, collect
 from data_collection.experts import GuardedExpert, load_gold
 from data_collection.store import TrajectoryStore, group_episodes
-from envs.babyai import ACTION_NAMES, BabyAIEnv, _quiet
+from envs.babyai import ACTION_NAMES, BabyAIEnv
 from envs.babyai_fast import FastBabyAIBot, fast_gen_obs
 from envs.babyai_text import describe_object, render_view
 from envs.base import Task
@@ -32,8 +32,7 @@ def test_fast_path_gives_minigrids_states_and_bot_actions_step_by_step():
         for seed in range(3):
             ep = run_episode(env, GuardedExpert(ExpertPolicy()), Task("babyai", level, seed), RunnerConfig(max_steps=500))
             g = gym.make(level)
-            with _quiet():
-                g.reset(seed=seed)
+            g.reset(seed=seed)
             u, bot, action = g.unwrapped, BabyAIBot(g), None
             for s in ep.steps:
                 image = MiniGridEnv.gen_obs(u)["image"]
@@ -52,9 +51,8 @@ def test_fast_bot_follows_random_detours_like_the_stock_bot():
     for level in ("BabyAI-GoToLocal-v0", "BabyAI-KeyCorridorS3R2-v0"):
         for seed in range(3):
             a, b = gym.make(level), gym.make(level)
-            with _quiet():
-                a.reset(seed=seed)
-                obs, _ = b.reset(seed=seed)
+            a.reset(seed=seed)
+            obs, _ = b.reset(seed=seed)
             image = [obs["image"]]
             stock, fast = BabyAIBot(a), FastBabyAIBot(b, lambda: image[0])
             act_a = act_b = None
