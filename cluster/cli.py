@@ -118,12 +118,9 @@ def _train(a) -> None:
 
 
 def _serve(a) -> None:
-    from serving.server import main as serve_main
+    from serving.server import run_from_args
 
-    argv = ["--model", a.model, "--host", a.host, "--port", str(a.port), "--backend", a.backend]
-    if a.api_key:
-        argv += ["--api-key", a.api_key]
-    serve_main(argv)
+    run_from_args(a)
 
 
 def _eval(a) -> None:
@@ -282,12 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.set_defaults(fn=_train)
 
+    from serving.server import add_server_args  # light: no torch/transformers at import
+
     s = sub.add_parser("serve", help="serve a model directory behind an OpenAI-compatible API")
-    s.add_argument("--model", required=True)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"])
-    s.add_argument("--api-key", default=None, help="also read from LAM_API_KEY")
+    add_server_args(s)
     s.set_defaults(fn=_serve)
 
     s = sub.add_parser("eval", help="evaluate a policy on held-out tasks with Ray agent actors (suites, compare)",

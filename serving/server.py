@@ -86,8 +86,8 @@ def _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, 
         handle.stop(grace=30)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n")[0])
+def add_server_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The server's flags; `lam serve` and `python -m serving.server` share them."""
     p.add_argument("--model", required=True, help="model directory (save_pretrained output)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -107,13 +107,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="info")
-    a = p.parse_args(argv)
+    return p
+
+
+def run_from_args(a: argparse.Namespace) -> None:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(a.model, host=a.host, port=a.port, backend=a.backend, api_key=a.api_key,
           max_batch_size=a.max_batch_size, num_threads=a.num_threads, model_name=a.served_model_name,
           max_queue=a.max_queue, max_new_tokens_limit=a.max_new_tokens, vllm_bin=a.vllm_bin,
           chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level,
           device=a.device, dtype=a.dtype, prefix_cache_mb=a.prefix_cache_mb)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n")[0])
+    run_from_args(add_server_args(p).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -136,3 +136,37 @@ def test_gpu_benchmark_script_runs_on_cpu_with_a_tiny_config(tmp_path):
     for r in report["results"]:
         assert r["generate_tokens_per_s"] > 0 and r["embedded_tokens_per_s"] > 0
     assert report["results"][1]["embedded_max_batch"] > 1  # the three requests were batched
+
+
+def test_lam_serve_cli_forwards_every_server_flag(tiny_model_dir):
+    """`lam serve` takes the server's own flags: batch size 1 and no prefix cache must show in /metrics."""
+    from serving.launch import REPO_ROOT, ServerProcess, popen_logged
+
+    port = find_free_port()
+    cmd = [sys.executable, "-m", "cluster.cli", "serve", "--model", tiny_model_dir, "--port", str(port),
+           "--backend", "transformers", "--num-threads", "1", "--max-batch-size", "1", "--prefix-cache-mb", "0",
+           "--dtype", "float32", "--device", "cpu", "--served-model-name", "cli-model"]
+    env = {k: v for k, v in os.environ.items() if k != "LAM_API_KEY"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    proc, log = popen_logged(cmd, env)
+    h = ServerProcess(proc, "127.0.0.1", port, log, "cli-model")
+    try:
+        h.wait_healthy(120)
+        c = openai.OpenAI(base_url=h.base_url, api_key="none", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["cli-model"]
+        msgs = [{"role": "user", "content": "go to the red ball"}]
+        threads = [threading.Thread(target=lambda: c.chat.completions.create(
+            model="cli-model", messages=msgs, max_tokens=6, temperature=0)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        metrics = httpx.get(h.root_url + "/metrics").text
+    finally:
+        h.stop()
+    # Four concurrent identical prompts: with batch size 32 they would share forward passes and hit the
+    # prefix cache; the flags forbid both.
+    sizes = {m.group(1): float(m.group(2)) for m in
+             re.finditer(r'lam_batch_size_bucket\{le="([^"]+)",phase="decode"\} (\S+)', metrics)}
+    assert sizes and sizes["1.0"] == sizes["+Inf"] > 0, metrics
+    assert re.search(r"^lam_prefix_cache_hit_ratio 0\.0$", metrics, re.M), metrics
