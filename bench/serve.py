@@ -34,8 +34,8 @@ TRAINED = ROOT / "runs" / "quickstart" / "train" / "export"
 LEVEL = "BabyAI-GoToLocal-v0"
 
 
-def build_babyai_tiny_model(out_dir: str | Path, episodes: int = 40) -> Path:
-    """A random `tiny`-preset Llama (the quickstart's size) with a BabyAI tokenizer and chat template.
+def build_babyai_tiny_model(out_dir: str | Path, episodes: int = 40, preset: str = "tiny") -> Path:
+    """A random Llama of a size preset (default `tiny`, the quickstart's size) with a BabyAI tokenizer and chat template.
 
     The tokenizer is trained, as in training/, on prompts rendered from a few BabyAI-bot episodes, so prompt
     lengths match what the quickstart model sees. Weights are random: outputs are mostly invalid actions.
@@ -55,7 +55,7 @@ def build_babyai_tiny_model(out_dir: str | Path, episodes: int = 40) -> Path:
         for chunk in render_training_chunks(ep.request, turns, env.action_names(), 8):
             texts.append("".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in chunk))
     tok = train_tokenizer(texts, vocab_size=2048)
-    model = build_model("tiny", vocab_size=len(tok), max_positions=1024)
+    model = build_model(preset, vocab_size=len(tok), max_positions=1024)
     model.generation_config.eos_token_id = model.config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id = tok.pad_token_id
     out = Path(out_dir)
@@ -189,6 +189,9 @@ def main() -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help=f"model dir (default: {TRAINED.relative_to(ROOT)} if it exists, else --tiny)")
     src.add_argument("--tiny", action="store_true", help="build a random tiny-preset model with a BabyAI tokenizer")
+    p.add_argument("--preset", default="tiny", help="with --tiny: the size preset of the random model "
+                   "(training/model.py PRESETS; `small` is ~25M parameters, where model compute outweighs "
+                   "per-request overhead)")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--client-procs", type=int, default=4, help="processes the client threads are spread over")
     p.add_argument("--seconds", type=float, default=30.0, help="measured window per phase and round")
@@ -209,11 +212,12 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="lam-bench-serve-")
     model_dir = a.model or (str(TRAINED) if not a.tiny and (TRAINED / "config.json").exists() else None)
-    if model_dir is None:
+    built = model_dir is None
+    if built:
         t0 = time.perf_counter()
-        model_dir = str(build_babyai_tiny_model(Path(tmp.name) / "babyai-tiny"))
-        print(f"built random tiny BabyAI model in {time.perf_counter() - t0:.1f}s: {model_dir}", file=sys.stderr)
-    summary = {"model": model_dir, "clients": a.clients, "client_procs": a.client_procs, "dtype": a.dtype,
+        model_dir = str(build_babyai_tiny_model(Path(tmp.name) / f"babyai-{a.preset}", preset=a.preset))
+        print(f"built random {a.preset} BabyAI model in {time.perf_counter() - t0:.1f}s: {model_dir}", file=sys.stderr)
+    summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients, "client_procs": a.client_procs, "dtype": a.dtype,
                "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads, "max_tokens": a.max_tokens,
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

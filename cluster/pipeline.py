@@ -66,6 +66,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     from data_collection.collector import CollectConfig, collect
     from envs.registry import sample_tasks
     from eval.evaluator import evaluate
+    from eval.metrics import effect
     from eval.report import print_report, write_report
     from training.train import train
 
@@ -105,9 +106,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         wall[key] = out["wall_s"]
         results[name] = out
         m = out["overall"]
-        phases[phase] = {"success_rate": m["success_rate"], "success_ci95": m["success_ci95"], "export": export}
+        phases[phase] = {"success_rate": m["success_rate"], "success_ci95": m["success_ci95"],
+                         "successes": m["successes"], "episodes": m["episodes"], "export": export}
+        change = ""
+        if len(phases) > 1:  # what this phase changed, on the same held-out seeds, with its interval
+            prev_name, prev = list(phases.items())[-2]
+            eff = effect(prev, m)
+            phases[phase]["change_vs_previous"] = {"previous": prev_name, "delta": eff["delta"], "ci95": eff["ci95"]}
+            change = (f", {100 * eff['delta']:+.1f} pp vs {prev_name} "
+                      f"[{100 * eff['ci95'][0]:+.1f}, {100 * eff['ci95'][1]:+.1f}]")
         console.print(f"[bold]evaluate[/] after {phase}: success {100 * m['success_rate']:.1f}% "
-                      f"on {m['episodes']} held-out episodes ({out['wall_s']:.0f}s)")
+                      f"on {m['episodes']} held-out episodes{change} ({out['wall_s']:.0f}s)")
 
     # 2. imitation ------------------------------------------------------------------------
     train_dir = run_dir / "train"

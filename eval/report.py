@@ -28,6 +28,18 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
                     f"| {lvl} | {name} | {m['episodes']} | {_pct(m['success_rate'])} | {_pct(lo)}–{_pct(hi)} | "
                     f"{m['mean_steps']:.1f} | {_pct(m['invalid_action_rate'])} | {m['false_success']} |"
                 )
+    phases = extra.get("phases") or {}
+    if phases:  # held-out success after each training phase, and what each phase changed
+        lines += ["", "## Training phases (held-out success, all levels)", "",
+                  "| phase | episodes | success | 95% CI | change vs previous phase | 95% CI of the change |",
+                  "|---|---|---|---|---|---|"]
+        for name, ph in phases.items():
+            lo, hi = ph["success_ci95"]
+            ch = ph.get("change_vs_previous")
+            delta = f"{100 * ch['delta']:+.1f} pp (vs {ch['previous']})" if ch else "—"
+            dci = f"{100 * ch['ci95'][0]:+.1f} to {100 * ch['ci95'][1]:+.1f} pp" if ch else "—"
+            lines.append(f"| {name} | {ph.get('episodes', '—')} | {_pct(ph['success_rate'])} | {_pct(lo)}–{_pct(hi)} | "
+                         f"{delta} | {dci} |")
     lines += ["", "| stage | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} s |" for k, v in stages.items()]
     for k, v in extra.items():
