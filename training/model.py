@@ -18,7 +18,7 @@ def build_model(preset_or_path: str, vocab_size: int, max_positions: int = 1024,
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if preset_or_path not in PRESETS:
-        return AutoModelForCausalLM.from_pretrained(preset_or_path, torch_dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(preset_or_path, dtype=torch.float32)
     hidden, inter, layers, heads, kv = PRESETS[preset_or_path]
     cfg = LlamaConfig(
         vocab_size=vocab_size,

@@ -150,7 +150,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         _, client = engine.load_checkpoint(str(ckpt_dir))
         step, epoch, batch_pos = client["step"], client["epoch"], client["batch_pos"]
     elif resume and rank == 0:
-        print(f"no checkpoint in {ckpt_dir}; starting from scratch")
+        print(f"no checkpoint in {ckpt_dir} to resume from; training from step 0 (model: {cfg.model})")
 
     if rank == 0:
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))

@@ -1,12 +1,14 @@
 """The whole pipeline, small: real Ray actors, real DeepSpeed, a real HTTP server, real BabyAI."""
 import json
 
+import pytest
 import yaml
 
 from cluster.config import load_pipeline_config
 from cluster.pipeline import run_pipeline
 from data_collection.store import TrajectoryStore, group_episodes
 from envs.babyai import replay
+from eval.metrics import newcombe_diff
 
 
 def test_pipeline_end_to_end(tmp_path, ray_local):
@@ -40,3 +42,33 @@ def test_pipeline_end_to_end(tmp_path, ray_local):
     # a second run resumes: nothing is collected or trained again
     again = run_pipeline(cfg)
     assert again["stage_wall_s"]["collect"] == report["stage_wall_s"]["collect"]
+
+
+@pytest.mark.slow
+def test_pipeline_three_phases_report_each_change(tmp_path, ray_local):
+    """imitation -> self_boost -> dpo, small: every phase is evaluated on the same held-out seeds and the
+    report states the change from the phase before, with the interval computed from the counts."""
+    cfg_path = tmp_path / "phases.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"),
+        "phases": ["imitation", "self_boost", "dpo"],
+        "collect": {"episodes": 60, "workers": 2, "shard_episodes": 30},
+        "train": {"vocab_size": 400, "epochs": 1.0, "tokens_per_batch": 2048, "warmup_steps": 2,
+                  "checkpoint_every": 0, "threads": 2},
+        "self_boost": {"tasks": 12, "trials": 2, "workers": 4, "epochs": 0.5},
+        "dpo": {"epochs": 1.0, "pairs_per_step": 2},
+        "serve": {"threads": 1, "max_batch_size": 8},
+        "eval": {"episodes": 8, "workers": 4, "max_steps": 16, "temperature": 1.0, "baselines": []},
+    }))
+    run_pipeline(load_pipeline_config(cfg_path))
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    phases = saved["phases"]
+    assert list(phases) == ["imitation", "self_boost", "dpo"]
+    assert set(saved["policies"]) == {"model-imitation", "model-self_boost", "model-dpo"}
+    md = (tmp_path / "run" / "report.md").read_text()
+    for prev, cur in (("imitation", "self_boost"), ("self_boost", "dpo")):
+        a, b = phases[prev], phases[cur]
+        d, (lo, hi) = newcombe_diff(b["successes"], b["episodes"], a["successes"], a["episodes"])
+        ch = b["change_vs_previous"]
+        assert ch["previous"] == prev and abs(ch["delta"] - d) < 1e-12 and ch["ci95"] == [lo, hi]
+        assert f"| {cur} | 8 | " in md and f"{100 * d:+.1f} pp (vs {prev})" in md
