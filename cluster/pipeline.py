@@ -155,15 +155,22 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # 4. DPO on the model's own success/failure pairs -----------------------------------------
     if "dpo" in cfg.phases:
-        from training.dpo import train_dpo
+        from training.dpo import NoPairsError, train_dpo
 
         dpo_cfg = cfg.dpo.model_copy(update={"history_window": cfg.train.history_window})
-        info = _stage(stages, "dpo_train", lambda: train_dpo([str(boost_dir / "data")], export,
-                                                             str(run_dir / "train_dpo"), dpo_cfg))
-        wall["dpo_train"] = info["wall_s"]
-        export = info["export"]
-        console.print(f"[bold]dpo[/]: {info['pairs']} pairs, reward accuracy {info['reward_accuracy']:.2f}")
-        eval_phase("dpo", export)
+        try:
+            info = _stage(stages, "dpo_train", lambda: train_dpo([str(boost_dir / "data")], export,
+                                                                 str(run_dir / "train_dpo"), dpo_cfg))
+        except NoPairsError as err:
+            # every attempted task succeeded every time, or failed every time: say so in the report and
+            # keep the phases that ran (not marked done: a rerun with more self_boost trials retries it)
+            phases["dpo"] = {"skipped": str(err)}
+            console.print(f"[bold yellow]dpo skipped[/]: {err}")
+        else:
+            wall["dpo_train"] = info["wall_s"]
+            export = info["export"]
+            console.print(f"[bold]dpo[/]: {info['pairs']} pairs, reward accuracy {info['reward_accuracy']:.2f}")
+            eval_phase("dpo", export)
 
     # baselines on the same held-out seeds ------------------------------------------------------
     for name in e.baselines:

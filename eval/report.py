@@ -34,6 +34,9 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
                   "| phase | episodes | success | 95% CI | change vs previous phase | 95% CI of the change |",
                   "|---|---|---|---|---|---|"]
         for name, ph in phases.items():
+            if "skipped" in ph:
+                lines.append(f"| {name} | — | skipped: {ph['skipped']} | | | |")
+                continue
             lo, hi = ph["success_ci95"]
             ch = ph.get("change_vs_previous")
             delta = f"{100 * ch['delta']:+.1f} pp (vs {ch['previous']})" if ch else "—"

@@ -68,6 +68,10 @@ def _seq_logp(model, samples, pad_id: int, device):
     return torch.log_softmax(logits, -1).gather(1, target[keep].unsqueeze(1)).sum(), int(keep.sum())
 
 
+class NoPairsError(ValueError):
+    """The data holds no task with both a verified success and a failure: DPO has nothing to learn from."""
+
+
 def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig, progress: bool = True) -> dict:
     from training.train import _setup_dist
 
@@ -99,7 +103,7 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
                 records += store.read_records(subset)
     pairs = make_pairs(records, cfg.max_pairs, cfg.seed)
     if not pairs:
-        raise ValueError(f"no success/failure pairs on the same task in {data_dirs}: sample more trials per task")
+        raise NoPairsError(f"no success/failure pairs on the same task in {data_dirs}: sample more trials per task")
     tok = load_tokenizer(model_dir)
     enc = ChatEncoder(tok)
     names = get_env_spec(records[0]["env"]).factory().action_names()

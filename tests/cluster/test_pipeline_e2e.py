@@ -55,10 +55,11 @@ def test_pipeline_three_phases_report_each_change(tmp_path, ray_local):
         "collect": {"episodes": 60, "workers": 2, "shard_episodes": 30},
         "train": {"vocab_size": 400, "epochs": 1.0, "tokens_per_batch": 2048, "warmup_steps": 2,
                   "checkpoint_every": 0, "threads": 2},
-        "self_boost": {"tasks": 12, "trials": 2, "workers": 4, "epochs": 0.5},
+        # 64 steps at T=1.0: a barely trained model succeeds on ~1 task in 3, so same-task pairs exist
+        "self_boost": {"tasks": 16, "trials": 2, "workers": 4, "epochs": 0.5},
         "dpo": {"epochs": 1.0, "pairs_per_step": 2},
         "serve": {"threads": 1, "max_batch_size": 8},
-        "eval": {"episodes": 8, "workers": 4, "max_steps": 16, "temperature": 1.0, "baselines": []},
+        "eval": {"episodes": 8, "workers": 4, "max_steps": 64, "temperature": 1.0, "baselines": []},
     }))
     run_pipeline(load_pipeline_config(cfg_path))
     saved = json.loads((tmp_path / "run" / "report.json").read_text())

@@ -30,3 +30,12 @@ def test_phase_table_states_each_change_with_its_interval(tmp_path):
     assert f"| self_boost | 300 | 50.0% | 10.0%–90.0% | +10.0 pp (vs imitation) | {100 * lo:+.1f} to {100 * hi:+.1f} pp |" in md
     d, (lo, hi) = newcombe_diff(141, 300, 150, 300)
     assert f"| dpo | 300 | 47.0% | 10.0%–90.0% | -3.0 pp (vs self_boost) | {100 * lo:+.1f} to {100 * hi:+.1f} pp |" in md
+
+
+def test_skipped_phase_is_reported_with_its_reason(tmp_path):
+    phases = {"imitation": {"success_rate": 0.5, "success_ci95": [0.4, 0.6], "successes": 5, "episodes": 10},
+              "dpo": {"skipped": "no success/failure pairs on the same task in ['b']: sample more trials per task"}}
+    write_report(tmp_path, {"model-imitation": _policy("L", 5, 10)}, {}, {"phases": phases})
+    md = (tmp_path / "report.md").read_text()
+    assert "| dpo | — | skipped: no success/failure pairs on the same task" in md
+    assert "| imitation | 10 | 50.0% | 40.0%–60.0% | — | — |" in md
