@@ -46,7 +46,8 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
     lines += ["", "| stage | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} s |" for k, v in stages.items()]
     for k, v in extra.items():
-        lines += ["", f"**{k}**: `{json.dumps(v)}`"]
+        if k != "phases":  # tabled above
+            lines += ["", f"**{k}**: `{json.dumps(v)}`"]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return report
 
