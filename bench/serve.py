@@ -34,7 +34,7 @@ TRAINED = ROOT / "runs" / "quickstart" / "train" / "export"
 LEVEL = "BabyAI-GoToLocal-v0"
 
 
-def build_babyai_tiny_model(out_dir: str | Path, episodes: int = 40, preset: str = "tiny") -> Path:
+def build_babyai_random_model(out_dir: str | Path, episodes: int = 40, preset: str = "tiny") -> Path:
     """A random Llama of a size preset (default `tiny`, the quickstart's size) with a BabyAI tokenizer and chat template.
 
     The tokenizer is trained, as in training/, on prompts rendered from a few BabyAI-bot episodes, so prompt
@@ -215,9 +215,10 @@ def main() -> None:
     built = model_dir is None
     if built:
         t0 = time.perf_counter()
-        model_dir = str(build_babyai_tiny_model(Path(tmp.name) / f"babyai-{a.preset}", preset=a.preset))
+        model_dir = str(build_babyai_random_model(Path(tmp.name) / f"babyai-{a.preset}", preset=a.preset))
         print(f"built random {a.preset} BabyAI model in {time.perf_counter() - t0:.1f}s: {model_dir}", file=sys.stderr)
-    summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients, "client_procs": a.client_procs, "dtype": a.dtype,
+    summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients,
+               "client_procs": a.client_procs, "dtype": a.dtype,
                "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads, "max_tokens": a.max_tokens,
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -117,12 +117,6 @@ def _train(a) -> None:
     print(json.dumps(train(a.data, a.out, TrainConfig(**raw), resume=a.resume), indent=1))
 
 
-def _serve(a) -> None:
-    from serving.server import run_from_args
-
-    run_from_args(a)
-
-
 def _eval(a) -> None:
     from envs.registry import sample_tasks
     from eval.evaluator import evaluate, replay_dir
@@ -279,11 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.set_defaults(fn=_train)
 
-    from serving.server import add_server_args  # light: no torch/transformers at import
+    from serving.server import add_server_args, run_from_args  # light: no torch/transformers at import
 
     s = sub.add_parser("serve", help="serve a model directory behind an OpenAI-compatible API")
     add_server_args(s)
-    s.set_defaults(fn=_serve)
+    s.set_defaults(fn=run_from_args)
 
     s = sub.add_parser("eval", help="evaluate a policy on held-out tasks with Ray agent actors (suites, compare)",
                        description="lam eval [--suite success|robustness|safety|faults] ... | lam eval compare DIR1 DIR2 ...")

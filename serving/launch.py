@@ -115,14 +115,17 @@ def start_server_subprocess(model_dir: str, port: int = 0, threads: int | None =
                             model_name: str | None = None, backend: str = "transformers",
                             max_new_tokens_limit: int | None = None, timeout: float = 120.0,
                             extra_args: list[str] | tuple = (), env: dict | None = None,
-                            python: str | None = None) -> ServerProcess:
+                            python: str | None = None,
+                            entry: tuple[str, ...] = ("-m", "serving.server")) -> ServerProcess:
     """Run `python -m serving.server --model DIR --port P ...`, wait for /health, return its handle.
+
+    entry: what follows the interpreter, e.g. ("-m", "cluster.cli", "serve") to run `lam serve`.
 
     port=0 picks a free port. The API key travels in the LAM_API_KEY env var, not argv (visible in ps).
     """
     port = port or find_free_port(host)
     name = model_name or default_model_name(model_dir)
-    cmd = [python or sys.executable, "-m", "serving.server", "--model", str(model_dir), "--host", host,
+    cmd = [python or sys.executable, *entry, "--model", str(model_dir), "--host", host,
            "--port", str(port), "--backend", backend, "--max-batch-size", str(max_batch_size),
            "--served-model-name", name]
     if threads:

@@ -140,18 +140,10 @@ def test_gpu_benchmark_script_runs_on_cpu_with_a_tiny_config(tmp_path):
 
 def test_lam_serve_cli_forwards_every_server_flag(tiny_model_dir):
     """`lam serve` takes the server's own flags: batch size 1 and no prefix cache must show in /metrics."""
-    from serving.launch import REPO_ROOT, ServerProcess, popen_logged
-
-    port = find_free_port()
-    cmd = [sys.executable, "-m", "cluster.cli", "serve", "--model", tiny_model_dir, "--port", str(port),
-           "--backend", "transformers", "--num-threads", "1", "--max-batch-size", "1", "--prefix-cache-mb", "0",
-           "--dtype", "float32", "--device", "cpu", "--served-model-name", "cli-model"]
-    env = {k: v for k, v in os.environ.items() if k != "LAM_API_KEY"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    proc, log = popen_logged(cmd, env)
-    h = ServerProcess(proc, "127.0.0.1", port, log, "cli-model")
+    h = start_server_subprocess(tiny_model_dir, threads=1, max_batch_size=1, model_name="cli-model",
+                                entry=("-m", "cluster.cli", "serve"),
+                                extra_args=["--prefix-cache-mb", "0", "--dtype", "float32", "--device", "cpu"])
     try:
-        h.wait_healthy(120)
         c = openai.OpenAI(base_url=h.base_url, api_key="none", max_retries=0)
         assert [m.id for m in c.models.list().data] == ["cli-model"]
         msgs = [{"role": "user", "content": "go to the red ball"}]
