@@ -168,10 +168,12 @@ def _server_stats(root_url: str) -> dict:
 
     v = {}
     for line in httpx.get(root_url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(("lam_batch_size_sum", "lam_batch_size_count", "lam_prefix_cache", "lam_worker_")):
+        if line.startswith(("lam_batch_size_sum", "lam_batch_size_count", "lam_prefix_cache", "lam_worker_",
+                            "lam_prefill_thread")):
             name, value = line.rsplit(" ", 1)
             v[name] = float(value)
-    out = {"prefix_cache_hit_ratio": round(v.get("lam_prefix_cache_hit_ratio", 0.0), 3)}
+    out = {"prefix_cache_hit_ratio": round(v.get("lam_prefix_cache_hit_ratio", 0.0), 3),
+           "prefill_thread": bool(v.get("lam_prefill_thread", 0.0))}
     for phase in ("prefill", "decode"):
         n = v.get(f'lam_batch_size_count{{phase="{phase}"}}')
         if n:
@@ -198,6 +200,10 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=10.0, help="seconds run before each window opens")
     p.add_argument("--rounds", type=int, default=2, help="serial, batched, serial, batched, ...")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    p.add_argument("--serial-threads", type=int, default=None,
+                   help="torch threads of the one-at-a-time server (default: --threads); 2 gives it both cores")
+    p.add_argument("--prefill-thread", default="auto", choices=["auto", "on", "off"],
+                   help="the batched server's --prefill-thread (auto: on when --threads leaves a core free)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="server dtype (auto: float32 on CPU; bfloat16 uses AMX where the CPU has it)")
     p.add_argument("--max-tokens", type=int, default=16, help="ModelPolicy's max_tokens (its default: 16)")
@@ -219,7 +225,9 @@ def main() -> None:
         print(f"built random {a.preset} BabyAI model in {time.perf_counter() - t0:.1f}s: {model_dir}", file=sys.stderr)
     summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients,
                "client_procs": a.client_procs, "dtype": a.dtype,
-               "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads, "max_tokens": a.max_tokens,
+               "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads,
+               "serial_threads": a.serial_threads or a.threads, "prefill_thread": a.prefill_thread,
+               "max_tokens": a.max_tokens,
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_start": os.getloadavg()[0]}
@@ -228,9 +236,11 @@ def main() -> None:
     batches = {"serial": 1, "batched": a.clients}
     try:
         for phase in phases:  # both servers stay up; an idle one only waits on a condition variable
-            servers[phase] = start_server_subprocess(model_dir, threads=a.threads, max_batch_size=batches[phase],
+            threads = a.threads if phase == "batched" else a.serial_threads or a.threads
+            extra = ["--prefill-thread", a.prefill_thread] if phase == "batched" else []
+            servers[phase] = start_server_subprocess(model_dir, threads=threads, max_batch_size=batches[phase],
                                                      timeout=900, extra_args=["--log-level", "warning",
-                                                                              "--dtype", a.dtype])
+                                                                              "--dtype", a.dtype, *extra])
         for rnd in range(a.rounds):  # alternate phases so load from other processes hits both alike
             for phase in phases:
                 h = servers[phase]

@@ -3,12 +3,17 @@
     python -c "from serving.embedded import EmbeddedBackend, SamplingParams as P; b = EmbeddedBackend('MODEL_DIR'); \
 print(b.generate_sync(b.encode(b.render_chat([{'role': 'user', 'content': 'hi'}])), P(temperature=0)))"
 
-One worker thread owns the model. HTTP handlers `submit()` requests into a bounded queue; each worker
-iteration admits pending requests (up to `max_batch_size` rows), prefills them as one padded batch, merges
+One worker thread owns the running batch. HTTP handlers `submit()` requests into a bounded queue; each worker
+iteration admits pending requests (up to `max_batch_size` rows), prefills them in padded groups, merges
 their KV cache into the running batch (serving/kv_cache.py), and then runs one decode step for every active
 row. Rows leave the batch as soon as they hit eos, a stop string or their token budget, so short requests
 never wait for long ones. A finished row's KV is kept in a prefix cache (serving/prefix_cache.py): an agent's
 next prompt extends its last one, so only the new tokens are prefilled.
+
+Overlapped prefill (`prefill_thread`, on by default on a CPU with cores to spare): a second thread admits and
+prefills new requests while the worker decodes, and hands them over ready to join the batch, so the
+compute-bound prefill runs on another core instead of stalling every running row (prefill and decode
+disaggregated, as DistServe or vLLM's disaggregated prefill do across GPUs).
 """
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import os
 import threading
 import time
 from collections import deque
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -48,10 +55,30 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[tor
     return dev, DTYPES[dtype]
 
 
+PREFILL_THREAD_MODES = ("auto", "on", "off")
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Prefilled:
+    """A prefilled group waiting to join the running batch: its rows, KV cache, mask and first tokens."""
+
+    rows: list[Row]
+    cache: Any
+    mask: torch.Tensor
+    tokens: list[int]
+
+
 class EmbeddedBackend:
     def __init__(self, model_dir: str, max_batch_size: int = 32, max_queue: int = 256,
                  num_threads: int | None = None, max_new_tokens_limit: int = 256, *, device: str = "auto",
-                 dtype: str = "auto", prefix_cache_mb: float = 256):
+                 dtype: str = "auto", prefix_cache_mb: float = 256, prefill_thread: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
@@ -77,6 +104,9 @@ class EmbeddedBackend:
         self._tok_lock = threading.Lock()
         self._cv = threading.Condition()
         self._pending: deque[Request] = deque()
+        self._ready: deque[_Prefilled] = deque()  # prefilled by the prefill thread, not yet in the batch
+        self._slots = 0  # rows admitted and not retired (prefilling, ready or in the batch); under _cv
+        self._prefilling = 0  # rows the prefill thread is working on; under _cv
         self._rows: list[Row] = []
         self._cache = None
         self._mask: torch.Tensor | None = None  # (rows, kv_len) 1 = real token
@@ -85,6 +115,8 @@ class EmbeddedBackend:
         # with other cache layers (sliding windows, ...) are batched per round without either.
         self._slab = kv_cache.is_slab_config(self.model.config)
         self._prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and self._slab else None
+        self._prefix_lock = threading.Lock()  # the prefill thread looks up while the worker stores
+        self._stats_lock = threading.Lock()
         # Largest share of a prefill batch that may be padding before it is split by prompt length: on CPU
         # padding costs its full compute, on a GPU a wider batch is nearly free.
         self._max_padding = 0.5 if self.device.type == "cuda" else 0.2
@@ -96,8 +128,25 @@ class EmbeddedBackend:
         # shared machine), seconds in forward passes, prompt tokens prefilled (and with padding), tokens decoded.
         self.stats = {"busy_s": 0.0, "busy_cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0,
                       "prefill_padded_tokens": 0, "decode_tokens": 0, "requests": 0}
-        self._worker = threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)
-        self._worker.start()
+        self.prefill_thread = self._resolve_prefill_thread(prefill_thread)
+        self._threads = [threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)]
+        if self.prefill_thread:
+            self._threads.append(threading.Thread(target=self._prefill_loop, name="lam-embedded-prefill",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def _resolve_prefill_thread(self, mode: str | bool) -> bool:
+        """'auto': overlap prefill with decode on a CPU whose torch threads leave a core free."""
+        mode = {True: "on", False: "off"}.get(mode, mode)
+        if mode not in PREFILL_THREAD_MODES:
+            raise ValueError(f"prefill_thread must be one of {', '.join(PREFILL_THREAD_MODES)}; got {mode!r}")
+        possible = self._slab and self.max_batch_size > 1 and self.device.type == "cpu"
+        if mode == "on" and not possible:
+            raise ValueError("prefill_thread 'on' needs a CPU device, max_batch_size > 1 and a model whose layers "
+                             "are all full attention (slab KV cache)")
+        # On a GPU both threads would queue on one device; with every core busy in torch, they would compete.
+        return mode == "on" or (mode == "auto" and possible and torch.get_num_threads() < usable_cpus())
 
     # ---------------------------------------------------------------- text helpers (any thread)
     def _eos_ids(self) -> set[int]:
@@ -161,7 +210,7 @@ class EmbeddedBackend:
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError()
             self._pending.append(req)
-            self._cv.notify()
+            self._cv.notify_all()  # the worker and the prefill thread wait on the same condition
         return GenerationHandle(req)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, on_event: EventCallback | None = None,
@@ -182,49 +231,108 @@ class EmbeddedBackend:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
-        self._worker.join(timeout)
-        for req in list(self._pending) + [r.req for r in self._rows]:
+        for t in self._threads:
+            t.join(timeout)
+        for req in list(self._pending) + [r.req for r in self._rows] + [r.req for p in self._ready for r in p.rows]:
             fail(req, BackendClosedError("backend is shutting down"))
         self._pending.clear()
+        self._ready.clear()
 
     # ---------------------------------------------------------------- worker thread
     def _loop(self) -> None:
+        """The worker: joins prefilled rows, runs decode steps, retires finished rows."""
         while True:
             with self._cv:
-                while not self._closing and not self._pending and not self._rows:
+                while not self._closing and not self._rows and not self._ready and (
+                        self.prefill_thread or not self._pending):
                     self._cv.wait()
                 if self._closing:
                     return
-                admitted = self._admit()
+                admitted = [] if self.prefill_thread else self._admit()
+                ready = list(self._ready)
+                self._ready.clear()
             wall, cpu = time.perf_counter(), time.thread_time()
+            joining = [r.req for p in ready for r in p.rows]
             try:
                 with torch.inference_mode():
                     if admitted:
                         try:
-                            self._prefill(admitted)
+                            ready = self._prefill(admitted)
                         except Exception as exc:
-                            if any(r.req in admitted for r in self._rows):
-                                raise  # failed after joining the batch: state unknown, reset below
                             log.exception("prefill failed")  # the running batch is untouched: keep it
-                            for req in admitted:
-                                fail(req, exc)
+                            self._release(admitted, exc)
+                    for p in ready:
+                        self._join(p)
+                    if ready:
                         self._retire()
                     if self._rows:
                         self._decode_step()
                         self._retire()
             except Exception as exc:  # a model failure must not kill the worker: fail the affected requests
                 log.exception("generation step failed")
-                for req in [r.req for r in self._rows] + admitted:
-                    fail(req, exc)
+                lost = [r.req for r in self._rows] + admitted + joining
                 self._rows, self._cache, self._mask, self._next = [], None, None, []
+                with self._cv:  # every row admitted so far and not in the prefill thread is gone
+                    self._slots = sum(len(p.rows) for p in self._ready) + self._prefilling
+                    self._cv.notify_all()
+                for req in lost:
+                    fail(req, exc)
+            self._account(wall, cpu)
+
+    def _prefill_loop(self) -> None:
+        """The prefill thread: admits requests while rows are free and prefills them beside the decode steps."""
+        while True:
+            with self._cv:
+                while not self._closing and not self._admissible():
+                    self._cv.wait()
+                if self._closing:
+                    return
+                admitted = self._admit()
+                self._prefilling = sum(q.params.n for q in admitted)
+            if not admitted:
+                continue
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                with torch.inference_mode():
+                    groups = self._prefill(admitted)
+            except Exception as exc:
+                log.exception("prefill failed")
+                with self._cv:
+                    self._prefilling = 0
+                self._release(admitted, exc)
+            else:
+                with self._cv:
+                    self._ready.extend(groups)
+                    self._prefilling = 0
+                    self._cv.notify_all()
+            self._account(wall, cpu)
+
+    def _account(self, wall: float, cpu: float) -> None:
+        with self._stats_lock:
             self.stats["busy_s"] += time.perf_counter() - wall
             self.stats["busy_cpu_s"] += time.thread_time() - cpu
 
+    def _release(self, reqs: list[Request], exc: Exception) -> None:
+        """Fail requests that never joined the batch and free their rows."""
+        with self._cv:
+            self._slots -= sum(q.params.n for q in reqs)
+            self._cv.notify_all()
+        for req in reqs:
+            fail(req, exc)
+
+    def _admissible(self) -> bool:
+        """Whether `_admit` would take the head of the queue now (under _cv)."""
+        if not self._pending:
+            return False
+        head = self._pending[0]
+        return head.cancelled or head.future.done() or head.params.n <= self.max_batch_size - self._slots
+
     def _admit(self) -> list[Request]:
-        """Take pending requests whose rows fit; new rows may only join a running batch if caches can merge."""
-        if self._rows and not kv_cache.is_slab(self._cache):
-            return []  # e.g. sliding-window caches: fall back to batching per round
-        room, taken = self.max_batch_size - len(self._rows), []
+        """Take pending requests whose rows fit (under _cv); new rows may only join a running batch if caches
+        can merge."""
+        if not self.prefill_thread and self._rows and not kv_cache.is_slab(self._cache):
+            return []  # e.g. sliding-window caches: fall back to batching per round (never with a prefill thread)
+        room, taken = self.max_batch_size - self._slots, []
         while self._pending:
             head = self._pending[0]
             if head.cancelled or head.future.done():
@@ -234,6 +342,7 @@ class EmbeddedBackend:
                 room -= head.params.n
             else:
                 break
+        self._slots += sum(q.params.n for q in taken)
         return taken
 
     @property
@@ -260,24 +369,29 @@ class EmbeddedBackend:
         except Exception:  # unusual model/config: let the model build its own cache
             return None
 
-    def _prefill(self, reqs: list[Request]) -> None:
+    def _prefill(self, reqs: list[Request]) -> list[_Prefilled]:
         """Prefill the admitted requests, reusing cached prefixes, in groups of similar new-token counts."""
-        hits = {id(q): self._prefix.lookup(q.prompt_ids) for q in reqs} if self._prefix is not None else {}
+        hits = {}
+        if self._prefix is not None:
+            with self._prefix_lock:
+                hits = {id(q): self._prefix.lookup(q.prompt_ids) for q in reqs}
         if not self._slab:
-            return self._prefill_group(reqs, hits)
+            return [self._prefill_group(reqs, hits)]
         new = {id(q): len(q.prompt_ids) - hits.get(id(q), (None, 0))[1] for q in reqs}
         # Prefill is compute-bound on CPU: padding every prompt to the longest one wasted a third of it.
         group: list[Request] = []
+        out = []
         for q in sorted(reqs, key=lambda q: new[id(q)]):  # ascending: q is the longest of its group
             grown = group + [q]
             padded = sum(g.params.n for g in grown) * new[id(q)]
             if group and sum(new[id(g)] * g.params.n for g in grown) < (1 - self._max_padding) * padded:
-                self._prefill_group(group, hits)
+                out.append(self._prefill_group(group, hits))
                 grown = [q]
             group = grown
-        self._prefill_group(group, hits)
+        out.append(self._prefill_group(group, hits))
+        return out
 
-    def _prefill_group(self, reqs: list[Request], hits: dict) -> None:
+    def _prefill_group(self, reqs: list[Request], hits: dict) -> _Prefilled:
         """One forward over some prompts. Row i holds [pad][cached prefix m_i][pad][new tokens]."""
         rows = [Row(req, i) for req in reqs for i in range(req.params.n)]
         prefixes = [hits.get(id(r.req), (None, 0)) for r in rows]
@@ -298,20 +412,26 @@ class EmbeddedBackend:
         t0 = time.perf_counter()
         logits, cache = self._forward(ids, mask, positions, cache)
         tokens = sample(logits, rows)
-        self.stats["prefill_s"] += time.perf_counter() - t0
-        self.stats["prefill_tokens"] += sum(len(t) for t in news)
-        self.stats["prefill_padded_tokens"] += len(rows) * span
-        if self._slab:  # join the running batch, whose slab is allocated once and then reused
-            if self._cache is None:
-                self._cache = kv_cache.empty_batch(cache, self.max_batch_size, max(256, 2 * (width + span)))
-            self.joined_rows += len(rows) if self._rows else 0
-            self._cache, self._mask = kv_cache.merge(self._cache, self._mask if self._rows else None, cache, mask)
-            self._rows += rows
-            self._next += tokens
-        else:  # other caches cannot merge: _admit only lets requests in when no batch is running
-            self._rows, self._cache, self._mask, self._next = rows, cache, mask, tokens
+        with self._stats_lock:
+            self.stats["prefill_s"] += time.perf_counter() - t0
+            self.stats["prefill_tokens"] += sum(len(t) for t in news)
+            self.stats["prefill_padded_tokens"] += len(rows) * span
         for r, t in zip(rows, tokens):
             r.accept(t, self.eos_ids, self.decode)
+        return _Prefilled(rows, cache, mask, tokens)
+
+    def _join(self, p: _Prefilled) -> None:
+        """Add prefilled rows to the running batch (worker thread)."""
+        if self._slab:  # the batch's slab is allocated once and then reused
+            if self._cache is None:
+                self._cache = kv_cache.empty_batch(p.cache, self.max_batch_size, max(256, 2 * p.mask.shape[1]))
+            self.joined_rows += len(p.rows) if self._rows else 0
+            self._cache, self._mask = kv_cache.merge(self._cache, self._mask if self._rows else None, p.cache,
+                                                     p.mask)
+            self._rows += p.rows
+            self._next += p.tokens
+        else:  # other caches cannot merge: _admit only lets requests in when no batch is running
+            self._rows, self._cache, self._mask, self._next = p.rows, p.cache, p.mask, p.tokens
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -324,8 +444,9 @@ class EmbeddedBackend:
         t0 = time.perf_counter()
         logits, self._cache = self._forward(ids, self._mask, positions, self._cache)
         self._next = sample(logits, rows)
-        self.stats["decode_s"] += time.perf_counter() - t0
-        self.stats["decode_tokens"] += len(rows)
+        with self._stats_lock:
+            self.stats["decode_s"] += time.perf_counter() - t0
+            self.stats["decode_tokens"] += len(rows)
         for r, t in zip(rows, self._next):
             r.accept(t, self.eos_ids, self.decode)
 
@@ -360,6 +481,7 @@ class EmbeddedBackend:
                 kv_cache.clear(self._cache)  # keep the buffers for the next batch
             else:
                 self._cache = None
+            self._free_rows(len(self._rows))
             self._rows, self._mask, self._next = [], None, []
             return
         if kv_cache.is_slab(self._cache):
@@ -369,6 +491,7 @@ class EmbeddedBackend:
                 self._cache.batch_select_indices(torch.tensor(keep, device=self.device))
             except Exception:  # no row selection: keep computing finished rows, ignore their output
                 return
+        self._free_rows(len(self._rows) - len(keep))
         self._rows = [self._rows[i] for i in keep]
         self._next = [self._next[i] for i in keep]
         self._mask = self._mask[keep]
@@ -379,6 +502,11 @@ class EmbeddedBackend:
                     layer.drop_left(first)
                 self._mask = self._mask[:, first:]
 
+    def _free_rows(self, n: int) -> None:
+        with self._cv:  # rows left the batch: room for new requests
+            self._slots -= n
+            self._cv.notify_all()
+
     def _remember(self, i: int, r: Row) -> None:
         """Copy a finished row's KV (prompt + fed completion tokens, whole blocks) into the prefix cache."""
         if self._prefix is None or not kv_cache.is_slab(self._cache):
@@ -387,4 +515,6 @@ class EmbeddedBackend:
         columns = self._mask[i].nonzero().squeeze(1)
         n = len(fed) // BLOCK * BLOCK
         if n and len(columns) == len(fed):
-            self._prefix.store(fed[:n], kv_cache.row_kv(self._cache, i, columns[:n]))
+            kv = kv_cache.row_kv(self._cache, i, columns[:n])
+            with self._prefix_lock:
+                self._prefix.store(fed[:n], kv)

@@ -37,6 +37,9 @@ class ServingMetrics:
             self.queue_depth.set_function(lambda: getattr(backend, "queue_depth", 0))
             self.active.set_function(lambda: getattr(backend, "active_rows", 0))
             self.prefix_hits.set_function(lambda: getattr(backend, "prefix_cache_hit_ratio", 0.0))
+            if hasattr(backend, "prefill_thread"):
+                Gauge("lam_prefill_thread", "1 when prompts are prefilled in a thread beside the decode steps",
+                      registry=r).set(int(bool(backend.prefill_thread)))
             for key in getattr(backend, "stats", {}):  # worker totals: forward seconds and tokens by phase
                 Gauge(f"lam_worker_{key}", f"Backend worker total: {key.replace('_', ' ')}", registry=r
                       ).set_function(lambda key=key: backend.stats[key])

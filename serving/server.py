@@ -35,7 +35,8 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
           api_key: str | None = None, max_batch_size: int = 32, num_threads: int | None = None, *,
           model_name: str | None = None, max_queue: int = 256, max_new_tokens_limit: int = 256,
           vllm_bin: str | None = None, chat_template: str | None = None, graceful_timeout: float = 30.0,
-          log_level: str = "info", device: str = "auto", dtype: str = "auto", prefix_cache_mb: float = 256) -> None:
+          log_level: str = "info", device: str = "auto", dtype: str = "auto", prefix_cache_mb: float = 256,
+          prefill_thread: str = "auto") -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. api_key defaults to env LAM_API_KEY."""
     api_key = api_key if api_key is not None else (os.environ.get("LAM_API_KEY") or None)
     name = model_name or default_model_name(model_dir)
@@ -54,9 +55,13 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
     from .embedded import EmbeddedBackend
     from .openai_server import create_app
 
+    # The batch worker, the prefill thread and the HTTP event loop share one GIL: with the default 5 ms switch
+    # interval a thread coming back from a torch op could wait that long for it at every op (bench/serve.py).
+    sys.setswitchinterval(0.0005)
     engine = EmbeddedBackend(model_dir, max_batch_size=max_batch_size, max_queue=max_queue,
                              num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit, device=device,
-                             dtype=dtype, prefix_cache_mb=prefix_cache_mb)
+                             dtype=dtype, prefix_cache_mb=prefix_cache_mb,
+                             prefill_thread=prefill_thread)
     app = create_app(engine, name, api_key=api_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
@@ -103,6 +108,9 @@ def add_server_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="transformers backend: auto = bfloat16 on cuda, float32 on cpu")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="transformers backend: KV of recent prompts kept for reuse (0 disables)")
+    p.add_argument("--prefill-thread", default="auto", choices=["auto", "on", "off"],
+                   help="transformers backend: prefill new requests in a second thread while the batch decodes "
+                        "(auto: on a CPU whose --num-threads leave a core free)")
     p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
     p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
@@ -116,7 +124,8 @@ def run_from_args(a: argparse.Namespace) -> None:
           max_batch_size=a.max_batch_size, num_threads=a.num_threads, model_name=a.served_model_name,
           max_queue=a.max_queue, max_new_tokens_limit=a.max_new_tokens, vllm_bin=a.vllm_bin,
           chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level,
-          device=a.device, dtype=a.dtype, prefix_cache_mb=a.prefix_cache_mb)
+          device=a.device, dtype=a.dtype, prefix_cache_mb=a.prefix_cache_mb,
+          prefill_thread=a.prefill_thread)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,9 +31,27 @@ def tiny_model_dir(tmp_path_factory) -> str:
 def backend(tiny_model_dir):
     from serving.embedded import EmbeddedBackend
 
-    b = EmbeddedBackend(tiny_model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256)
+    # Prefill overlapped with decode, as `lam serve` runs on a CPU with a core to spare; `sync_backend` is the other mode.
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
+                        prefill_thread="on")
     yield b
     b.close()
+
+
+@pytest.fixture(scope="session")
+def sync_backend(tiny_model_dir):
+    from serving.embedded import EmbeddedBackend
+
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
+                        prefill_thread="off")
+    yield b
+    b.close()
+
+
+@pytest.fixture(params=["prefill-thread", "sync"])
+def any_backend(request):
+    """Both worker modes: prefill in its own thread, and prefill between decode steps."""
+    return request.getfixturevalue("backend" if request.param == "prefill-thread" else "sync_backend")
 
 
 class ThreadedServer:

@@ -23,7 +23,8 @@ def _solo(backend, prompts, max_tokens):
     return [backend.generate_sync(p, SamplingParams(max_tokens=max_tokens, **GREEDY), timeout=60) for p in prompts]
 
 
-def test_batched_greedy_equals_solo(backend):
+def test_batched_greedy_equals_solo(any_backend):
+    backend = any_backend
     prompts = _prompts(backend, 8)
     solo = _solo(backend, prompts, 24)
     backend.max_batch_seen = 0
@@ -36,7 +37,8 @@ def test_batched_greedy_equals_solo(backend):
         assert b.prompt_tokens == s.prompt_tokens
 
 
-def test_rows_joining_a_running_batch_keep_greedy_outputs(backend):
+def test_rows_joining_a_running_batch_keep_greedy_outputs(any_backend):
+    backend = any_backend
     prompts = _prompts(backend, 6)
     solo = _solo(backend, prompts, 40)
     joined_before = backend.joined_rows
@@ -110,7 +112,8 @@ def test_budget_is_capped_by_context(backend):
     assert res.choices[0].finish_reason in ("length", "stop") and res.completion_tokens <= 3
 
 
-def test_worker_survives_a_model_failure(backend, monkeypatch):
+def test_worker_survives_a_model_failure(any_backend, monkeypatch):
+    backend = any_backend
     p = chat_prompt(backend, "boom")
 
     def broken(*a, **k):
@@ -141,7 +144,8 @@ def test_queue_full_and_cancel(tiny_model_dir):
         b.close()
 
 
-def test_failed_prefill_of_a_newcomer_spares_the_running_batch(backend, monkeypatch):
+def test_failed_prefill_of_a_newcomer_spares_the_running_batch(any_backend, monkeypatch):
+    backend = any_backend
     p_long, p_new = chat_prompt(backend, "long runner"), chat_prompt(backend, "newcomer")
     monkeypatch.setattr(backend, "eos_ids", set())  # the runner must really run 120 steps
     expected = _solo(backend, [p_long], 120)[0].choices[0].token_ids
@@ -160,3 +164,66 @@ def test_failed_prefill_of_a_newcomer_spares_the_running_batch(backend, monkeypa
     with pytest.raises(RuntimeError, match="simulated prefill"):
         backend.submit(p_new, SamplingParams(max_tokens=4)).future.result(30)
     assert running.future.result(30).choices[0].token_ids == expected
+
+
+def _forward_log(backend, monkeypatch) -> list:
+    """Wrap the model call: (phase, start, end) of every forward pass, from whichever thread ran it."""
+    log, forward = [], backend._forward
+
+    def logged(ids, *a):
+        t0 = time.perf_counter()
+        out = forward(ids, *a)
+        log.append(("prefill" if ids.shape[1] > 1 else "decode", t0, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(backend, "_forward", logged)
+    return log
+
+
+@pytest.mark.parametrize("mode", ["prefill-thread", "sync"])
+def test_prefill_thread_overlaps_prefill_with_decode(mode, backend, sync_backend, monkeypatch):
+    b = backend if mode == "prefill-thread" else sync_backend
+    monkeypatch.setattr(b, "eos_ids", set())  # every row runs its full budget
+    log = _forward_log(b, monkeypatch)
+    handles = []
+    for i in range(12):  # newcomers arrive while earlier rows decode
+        handles.append(b.submit(chat_prompt(b, "overlap " * (i % 4) + str(i)), SamplingParams(max_tokens=30, **GREEDY)))
+        time.sleep(0.01)
+    assert all(h.future.result(60).completion_tokens == 30 for h in handles)
+    prefills = [(s, e) for p, s, e in log if p == "prefill"]
+    decodes = [(s, e) for p, s, e in log if p == "decode"]
+    overlapping = sum(any(s < de and ds < e for ds, de in decodes) for s, e in prefills)
+    if mode == "sync":
+        assert overlapping == 0, "one worker thread: a prefill never runs during a decode step"
+    else:
+        assert overlapping >= 1, f"no prefill ran beside a decode step ({len(prefills)} prefills)"
+
+
+def test_prefill_thread_respects_the_batch_limit_and_frees_every_row(tiny_model_dir):
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=4, num_threads=1, prefill_thread="on")
+    try:
+        prompts = _prompts(b, 10)
+        handles = [b.submit(p, SamplingParams(max_tokens=12, n=1 + i % 2, temperature=0.8, seed=i))
+                   for i, p in enumerate(prompts)]
+        handles[3].cancel()  # a cancelled request gives its rows back too
+        results = [h.future.result(60) for i, h in enumerate(handles) if i != 3]
+        assert [len(r.choices) for r in results] == [1 + i % 2 for i in range(10) if i != 3]
+        assert 1 < b.max_batch_seen <= 4
+        deadline = time.monotonic() + 10
+        while (b._slots or b.active_rows) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b._slots == 0 and b.active_rows == 0 and b.queue_depth == 0
+    finally:
+        b.close()
+
+
+def test_prefill_thread_mode_is_checked(tiny_model_dir):
+    with pytest.raises(ValueError, match="prefill_thread must be one of auto, on, off"):
+        EmbeddedBackend(tiny_model_dir, num_threads=1, prefill_thread="sometimes")
+    with pytest.raises(ValueError, match="max_batch_size > 1"):
+        EmbeddedBackend(tiny_model_dir, max_batch_size=1, num_threads=1, prefill_thread="on")
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=1, num_threads=1)  # auto: nothing to overlap with
+    try:
+        assert b.prefill_thread is False and len(b._threads) == 1
+    finally:
+        b.close()
