@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -257,7 +257,7 @@ class EmbeddedBackend:
                 with torch.inference_mode():
                     if admitted:
                         try:
-                            ready = self._prefill(admitted)
+                            ready = list(self._prefill(admitted))
                         except Exception as exc:
                             log.exception("prefill failed")  # the running batch is untouched: keep it
                             self._release(admitted, exc)
@@ -292,19 +292,20 @@ class EmbeddedBackend:
             if not admitted:
                 continue
             wall, cpu = time.perf_counter(), time.thread_time()
+            handed: set[int] = set()
             try:
                 with torch.inference_mode():
-                    groups = self._prefill(admitted)
+                    for group in self._prefill(admitted):  # each group joins as soon as it is ready
+                        with self._cv:
+                            self._ready.append(group)
+                            self._prefilling -= len(group.rows)
+                            self._cv.notify_all()
+                        handed.update(id(r.req) for r in group.rows)
             except Exception as exc:
                 log.exception("prefill failed")
                 with self._cv:
                     self._prefilling = 0
-                self._release(admitted, exc)
-            else:
-                with self._cv:
-                    self._ready.extend(groups)
-                    self._prefilling = 0
-                    self._cv.notify_all()
+                self._release([q for q in admitted if id(q) not in handed], exc)
             self._account(wall, cpu)
 
     def _account(self, wall: float, cpu: float) -> None:
@@ -369,27 +370,27 @@ class EmbeddedBackend:
         except Exception:  # unusual model/config: let the model build its own cache
             return None
 
-    def _prefill(self, reqs: list[Request]) -> list[_Prefilled]:
-        """Prefill the admitted requests, reusing cached prefixes, in groups of similar new-token counts."""
+    def _prefill(self, reqs: list[Request]) -> Iterator[_Prefilled]:
+        """Prefill the admitted requests, reusing cached prefixes, in groups of similar new-token counts
+        (yielded one by one, shortest first)."""
         hits = {}
         if self._prefix is not None:
             with self._prefix_lock:
                 hits = {id(q): self._prefix.lookup(q.prompt_ids) for q in reqs}
         if not self._slab:
-            return [self._prefill_group(reqs, hits)]
+            yield self._prefill_group(reqs, hits)
+            return
         new = {id(q): len(q.prompt_ids) - hits.get(id(q), (None, 0))[1] for q in reqs}
         # Prefill is compute-bound on CPU: padding every prompt to the longest one wasted a third of it.
         group: list[Request] = []
-        out = []
         for q in sorted(reqs, key=lambda q: new[id(q)]):  # ascending: q is the longest of its group
             grown = group + [q]
             padded = sum(g.params.n for g in grown) * new[id(q)]
             if group and sum(new[id(g)] * g.params.n for g in grown) < (1 - self._max_padding) * padded:
-                out.append(self._prefill_group(group, hits))
+                yield self._prefill_group(group, hits)
                 grown = [q]
             group = grown
-        out.append(self._prefill_group(group, hits))
-        return out
+        yield self._prefill_group(group, hits)
 
     def _prefill_group(self, reqs: list[Request], hits: dict) -> _Prefilled:
         """One forward over some prompts. Row i holds [pad][cached prefix m_i][pad][new tokens]."""
