@@ -87,6 +87,7 @@ def test_32_concurrent_requests_are_batched_and_match_sequential(client, http_se
     ones = float(re.search(r'^lam_batch_size_bucket\{le="1.0",phase="decode"\} (\S+)', metrics, re.M).group(1))
     assert count > ones, "no decode step ran more than one sequence"
     assert backend.max_batch_seen > 1
+    assert re.search(r"^lam_prefill_thread 1\.0$", metrics, re.M), "the fixture's backend prefills in its own thread"
     for name in ("lam_requests_total", "lam_prompt_tokens_total", "lam_completion_tokens_total",
                  "lam_queue_depth", "lam_request_latency_seconds_bucket"):
         assert name in metrics

@@ -142,7 +142,8 @@ def test_lam_serve_cli_forwards_every_server_flag(tiny_model_dir):
     """`lam serve` takes the server's own flags: batch size 1 and no prefix cache must show in /metrics."""
     h = start_server_subprocess(tiny_model_dir, threads=1, max_batch_size=1, model_name="cli-model",
                                 entry=("-m", "cluster.cli", "serve"),
-                                extra_args=["--prefix-cache-mb", "0", "--dtype", "float32", "--device", "cpu"])
+                                extra_args=["--prefix-cache-mb", "0", "--dtype", "float32", "--device", "cpu",
+                                            "--prefill-thread", "off"])
     try:
         c = openai.OpenAI(base_url=h.base_url, api_key="none", max_retries=0)
         assert [m.id for m in c.models.list().data] == ["cli-model"]
@@ -162,3 +163,4 @@ def test_lam_serve_cli_forwards_every_server_flag(tiny_model_dir):
              re.finditer(r'lam_batch_size_bucket\{le="([^"]+)",phase="decode"\} (\S+)', metrics)}
     assert sizes and sizes["1.0"] == sizes["+Inf"] > 0, metrics
     assert re.search(r"^lam_prefix_cache_hit_ratio 0\.0$", metrics, re.M), metrics
+    assert re.search(r"^lam_prefill_thread 0\.0$", metrics, re.M), metrics
