@@ -176,20 +176,26 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
                 stream.watch(h)
         return handles
 
+    async def disconnected(request: Request) -> None:
+        """Returns when the client goes away (the body was read: the next ASGI message is the disconnect)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     async def results(handles, max_param: str, request: Request):
         waiter = asyncio.gather(*(asyncio.wrap_future(h.future) for h in handles))
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # mark retrieved: no log noise
+        # uvicorn does not cancel a handler whose client left: listen for it (as Starlette's streaming
+        # responses do) rather than poll, and free the batch rows.
+        listener = asyncio.ensure_future(disconnected(request))
         try:
-            while True:
-                done, _ = await asyncio.wait({waiter}, timeout=0.5)
-                if done:
-                    return waiter.result()
-                # uvicorn does not cancel a handler whose client left: check, and free the batch rows
-                if await request.is_disconnected():
-                    raise APIError(499, "client disconnected", code="client_disconnected")
+            done, _ = await asyncio.wait({waiter, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                return waiter.result()
+            raise APIError(499, "client disconnected", code="client_disconnected")
         except BackendError as e:
             raise _backend_error(e, max_param)
         finally:
+            listener.cancel()
             for h in handles:
                 if not h.future.done():
                     h.cancel()

@@ -227,3 +227,19 @@ def test_prefill_thread_mode_is_checked(tiny_model_dir):
         assert b.prefill_thread is False and len(b._threads) == 1
     finally:
         b.close()
+
+
+def test_close_with_requests_in_the_prefill_thread_fails_them_all(tiny_model_dir, monkeypatch):
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=8, num_threads=1, prefill_thread="on")
+    forward = b._forward
+    monkeypatch.setattr(b, "_forward", lambda *a: (time.sleep(0.05), forward(*a))[1])  # slow enough to catch
+    handles = [b.submit(p, SamplingParams(max_tokens=200, **GREEDY)) for p in _prompts(b, 12)]  # 4 stay queued
+    deadline = time.monotonic() + 10
+    while not (b._prefilling or b.active_rows) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    b.close(timeout=10)
+    assert not any(t.is_alive() for t in b._threads)
+    for h in handles:  # every request is answered: none is left waiting on a thread that is gone
+        with pytest.raises(Exception) as e:
+            h.future.result(5)
+        assert "shutting down" in str(e.value)
