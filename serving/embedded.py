@@ -125,7 +125,8 @@ class EmbeddedBackend:
         self.max_batch_seen = 0  # largest forward batch so far (rows)
         self.joined_rows = 0  # rows that joined an already running batch (continuous batching)
         # Worker totals for /metrics and benchmarks: wall and CPU seconds busy (CPU time stays meaningful on a
-        # shared machine), seconds in forward passes, prompt tokens prefilled (and with padding), tokens decoded.
+        # shared machine; summed over the worker and the prefill thread), seconds in forward passes, prompt tokens
+        # prefilled (and with padding), tokens decoded.
         self.stats = {"busy_s": 0.0, "busy_cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0,
                       "prefill_padded_tokens": 0, "decode_tokens": 0, "requests": 0}
         self.prefill_thread = self._resolve_prefill_thread(prefill_thread)
