@@ -55,18 +55,21 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
     from .embedded import EmbeddedBackend
     from .openai_server import create_app
 
-    # The batch worker, the prefill thread and the HTTP event loop share one GIL: with the default 5 ms switch
-    # interval a thread coming back from a torch op could wait that long for it at every op (bench/serve.py).
+    # The batch worker, the prefill thread and the HTTP event loop share one GIL: a thread coming back from a
+    # torch op waits up to the switch interval (default 5 ms) whenever another one is running Python.
     sys.setswitchinterval(0.0005)
-    engine = EmbeddedBackend(model_dir, max_batch_size=max_batch_size, max_queue=max_queue,
-                             num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit, device=device,
-                             dtype=dtype, prefix_cache_mb=prefix_cache_mb,
-                             prefill_thread=prefill_thread)
+    try:
+        engine = EmbeddedBackend(model_dir, max_batch_size=max_batch_size, max_queue=max_queue,
+                                 num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit, device=device,
+                                 dtype=dtype, prefix_cache_mb=prefix_cache_mb, prefill_thread=prefill_thread)
+    except ValueError as e:  # a setting this model or device cannot take (e.g. --prefill-thread on with batch 1)
+        raise SystemExit(f"Error: {e}") from None
     app = create_app(engine, name, api_key=api_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
-    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, batch<=%d)",
-             model_dir, name, host, port, engine.device, str(engine.dtype).removeprefix("torch."), max_batch_size)
+    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, batch<=%d, prefill %s)",
+             model_dir, name, host, port, engine.device, str(engine.dtype).removeprefix("torch."), max_batch_size,
+             "in its own thread" if engine.prefill_thread else "between decode steps")
     try:
         uvicorn.Server(config).run()  # installs SIGINT/SIGTERM handlers and drains on shutdown
     finally:

@@ -164,3 +164,14 @@ def test_lam_serve_cli_forwards_every_server_flag(tiny_model_dir):
     assert sizes and sizes["1.0"] == sizes["+Inf"] > 0, metrics
     assert re.search(r"^lam_prefix_cache_hit_ratio 0\.0$", metrics, re.M), metrics
     assert re.search(r"^lam_prefill_thread 0\.0$", metrics, re.M), metrics
+
+
+def test_lam_serve_rejects_settings_the_model_cannot_take_with_a_clear_error(tiny_model_dir):
+    root = Path(server.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--model", tiny_model_dir, "--port", "1",
+                           "--max-batch-size", "1", "--prefill-thread", "on"],
+                          cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "Error: prefill_thread 'on' needs" in proc.stderr and "max_batch_size > 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
