@@ -3,13 +3,16 @@
     python bench/serve.py                          # trained model if runs/quickstart/train/export exists, else tiny
     python bench/serve.py --model runs/quickstart/train/export --rounds 2 --seconds 30 --dtype bfloat16
     python bench/serve.py --tiny --rounds 1 --out /tmp/serve.json
+    python bench/serve.py --tiny --preset small --dtype bfloat16 --serial-threads 2   # serial server on both cores
 
 Each of `--clients` agents (threads, spread over `--client-procs` processes like a fleet of agent workers)
 runs real episodes (agent.episode.run_episode + agent.policies.ModelPolicy over the official `openai`
 client + envs.babyai.BabyAIEnv) against embedded-backend servers started as subprocesses: one with
 `--max-batch-size 1` (every request served alone, the baseline) and one with `--max-batch-size CLIENTS`
-(continuous batching). The same clients and tasks run against each in turn, `--rounds` times, so load from
-other processes on the machine hits both alike; each turn has a warm-up, then a measured window. The
+(continuous batching; with `--threads 1` on a machine with more cores it prefills in a second thread
+beside its decode steps, see `--prefill-thread`). The same clients and tasks run against each in turn,
+`--rounds` times, so load from other processes on the machine hits both alike; each turn has a warm-up,
+then a measured window. The
 figure of merit is agent steps/s (a step is one environment decision, including its grounding retries),
 with request latency p50/p99. Any model works: a random model's invalid outputs are retried, then counted
 as invalid steps; a trained one mostly answers in one short request.

@@ -27,23 +27,25 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-lam"))
 
 
-@pytest.fixture(scope="session")
-def backend(tiny_model_dir):
+def _backend(model_dir: str, prefill_thread: str):
     from serving.embedded import EmbeddedBackend
 
-    # Prefill overlapped with decode, as `lam serve` runs on a CPU with a core to spare; `sync_backend` is the other mode.
-    b = EmbeddedBackend(tiny_model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
-                        prefill_thread="on")
+    return EmbeddedBackend(model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
+                           prefill_thread=prefill_thread)
+
+
+@pytest.fixture(scope="session")
+def backend(tiny_model_dir):
+    """Prefill overlapped with decode, as `lam serve` runs on a CPU with a core to spare."""
+    b = _backend(tiny_model_dir, "on")
     yield b
     b.close()
 
 
 @pytest.fixture(scope="session")
 def sync_backend(tiny_model_dir):
-    from serving.embedded import EmbeddedBackend
-
-    b = EmbeddedBackend(tiny_model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
-                        prefill_thread="off")
+    """Prefill between decode steps, in the one worker thread."""
+    b = _backend(tiny_model_dir, "off")
     yield b
     b.close()
 
