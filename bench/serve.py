@@ -206,7 +206,7 @@ def main() -> None:
     p.add_argument("--serial-threads", type=int, default=None,
                    help="torch threads of the one-at-a-time server (default: --threads); 2 gives it both cores")
     p.add_argument("--prefill-thread", default="auto", choices=["auto", "on", "off"],
-                   help="the batched server's --prefill-thread (auto: on when --threads leaves a core free)")
+                   help="the batched server's --prefill-thread (auto: on with --threads 1 and another core free)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="server dtype (auto: float32 on CPU; bfloat16 uses AMX where the CPU has it)")
     p.add_argument("--max-tokens", type=int, default=16, help="ModelPolicy's max_tokens (its default: 16)")

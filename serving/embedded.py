@@ -10,7 +10,7 @@ row. Rows leave the batch as soon as they hit eos, a stop string or their token 
 never wait for long ones. A finished row's KV is kept in a prefix cache (serving/prefix_cache.py): an agent's
 next prompt extends its last one, so only the new tokens are prefilled.
 
-Overlapped prefill (`prefill_thread`, on by default on a CPU with cores to spare): a second thread admits and
+Overlapped prefill (`prefill_thread`, on by default on a CPU when torch runs one thread and a core is free): a second thread admits and
 prefills new requests while the worker decodes, and hands them over ready to join the batch, so the
 compute-bound prefill runs on another core instead of stalling every running row (prefill and decode
 disaggregated, as DistServe or vLLM's disaggregated prefill do across GPUs).
@@ -138,7 +138,7 @@ class EmbeddedBackend:
             t.start()
 
     def _resolve_prefill_thread(self, mode: str | bool) -> bool:
-        """'auto': overlap prefill with decode on a CPU whose torch threads leave a core free."""
+        """'auto': overlap prefill with decode on a CPU when torch runs one thread and another core is free."""
         mode = {True: "on", False: "off"}.get(mode, mode)
         if mode not in PREFILL_THREAD_MODES:
             raise ValueError(f"prefill_thread must be one of {', '.join(PREFILL_THREAD_MODES)}; got {mode!r}")
@@ -146,8 +146,9 @@ class EmbeddedBackend:
         if mode == "on" and not possible:
             raise ValueError("prefill_thread 'on' needs a CPU device, max_batch_size > 1 and a model whose layers "
                              "are all full attention (slab KV cache)")
-        # On a GPU both threads would queue on one device; with every core busy in torch, they would compete.
-        return mode == "on" or (mode == "auto" and possible and torch.get_num_threads() < usable_cpus())
+        # On a GPU both threads would queue on one device. With several intra-op threads the decode already has
+        # the cores (two OpenMP teams would fight over them): auto only pairs two single-threaded workers.
+        return mode == "on" or (mode == "auto" and possible and torch.get_num_threads() == 1 and usable_cpus() > 1)
 
     # ---------------------------------------------------------------- text helpers (any thread)
     def _eos_ids(self) -> set[int]:

@@ -113,7 +113,7 @@ def add_server_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="transformers backend: KV of recent prompts kept for reuse (0 disables)")
     p.add_argument("--prefill-thread", default="auto", choices=["auto", "on", "off"],
                    help="transformers backend: prefill new requests in a second thread while the batch decodes "
-                        "(auto: on a CPU whose --num-threads leave a core free)")
+                        "(auto: on a CPU with --num-threads 1 and another core free)")
     p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
     p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)

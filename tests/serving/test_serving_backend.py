@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from serving_tiny_model import chat_prompt
 
-from serving.embedded import EmbeddedBackend, PromptValidationError, QueueFullError, SamplingParams
+from serving.embedded import EmbeddedBackend, PromptValidationError, QueueFullError, SamplingParams, usable_cpus
 
 GREEDY = dict(temperature=0.0)
 
@@ -227,6 +228,14 @@ def test_prefill_thread_mode_is_checked(tiny_model_dir):
         assert b.prefill_thread is False and len(b._threads) == 1
     finally:
         b.close()
+    threads = torch.get_num_threads()
+    try:
+        for num_threads, expected in ((1, usable_cpus() > 1), (2, False)):  # auto pairs single-threaded workers
+            b = EmbeddedBackend(tiny_model_dir, max_batch_size=4, num_threads=num_threads)
+            b.close()
+            assert b.prefill_thread is expected and len(b._threads) == 1 + expected, num_threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_close_with_requests_in_the_prefill_thread_fails_them_all(tiny_model_dir, monkeypatch):
