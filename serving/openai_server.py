@@ -333,10 +333,11 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
                 if include_usage:
                     yield chunk([], usage=usage(res))
             return stream_response(gen_buffered, [])
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": i, "message": msg, "finish_reason": reason, "logprobs": None}
-                            for i, msg, reason in built],
-                "usage": usage(res)}
+        # A Response, not a dict: FastAPI would walk a returned dict with jsonable_encoder first (hot path).
+        return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+                             "choices": [{"index": i, "message": msg, "finish_reason": reason, "logprobs": None}
+                                         for i, msg, reason in built],
+                             "usage": usage(res)})
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -382,8 +383,8 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
             prefix = backend.decode(prompts[k]) if req.echo else ""
             choices += [{"index": k * params.n + c.index, "text": prefix + c.text, "finish_reason": c.finish_reason,
                          "logprobs": None} for c in r.choices]
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                "choices": choices, "usage": usage(res)}
+        return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                             "choices": choices, "usage": usage(res)})
 
     return app
 
