@@ -3,7 +3,8 @@
     python bench/serve.py                          # trained model if runs/quickstart/train/export exists, else tiny
     python bench/serve.py --model runs/quickstart/train/export --rounds 2 --seconds 30 --dtype bfloat16
     python bench/serve.py --tiny --rounds 1 --out /tmp/serve.json
-    python bench/serve.py --tiny --preset small --dtype bfloat16 --serial-threads 2   # serial server on both cores
+    python bench/serve.py --tiny --preset small --dtype bfloat16 --phases serial,serial:2,batched
+                                                   # also a one-at-a-time server on 2 torch threads, same run
 
 Each of `--clients` agents (threads, spread over `--client-procs` processes like a fleet of agent workers)
 runs real episodes (agent.episode.run_episode + agent.policies.ModelPolicy over the official `openai`
@@ -189,6 +190,25 @@ def _server_stats(root_url: str) -> dict:
     return out
 
 
+def parse_phases(spec: str, clients: int, threads: int, serial_threads: int | None) -> dict[str, tuple[int, int]]:
+    """'serial,serial:2,batched' -> {phase: (max batch size, torch threads)}.
+
+    'serial' serves one request at a time on --serial-threads (default --threads) threads, 'serial:N' on N,
+    'batched' batches up to `clients` rows on --threads."""
+    out = {}
+    for name in (p.strip() for p in spec.split(",") if p.strip()):
+        kind, _, n = name.partition(":")
+        if kind == "batched" and not n:
+            out[name] = (clients, threads)
+        elif kind == "serial" and (not n or n.isdigit() and int(n) > 0):
+            out[name] = (1, int(n) if n else serial_threads or threads)
+        else:
+            raise SystemExit(f"Error: --phases takes serial, serial:N (N torch threads) and batched; got {name!r}")
+    if not out:
+        raise SystemExit("Error: --phases is empty")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
@@ -212,7 +232,9 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=16, help="ModelPolicy's max_tokens (its default: 16)")
     p.add_argument("--temperature", type=float, default=0.0, help="first attempt; retries sample at >= 0.7")
     p.add_argument("--max-retries", type=int, default=2, help="grounding retries per step (eval's default: 2)")
-    p.add_argument("--phases", default="serial,batched", help="comma list of serial, batched")
+    p.add_argument("--phases", default="serial,batched",
+                   help="comma list of serial, serial:N (one request at a time on N torch threads), batched; "
+                        "e.g. serial,serial:2,batched compares both baselines in one run")
     p.add_argument("--out", default=None, help="also write the JSON summary here")
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the env and client side need no thread pools
@@ -234,40 +256,41 @@ def main() -> None:
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_start": os.getloadavg()[0]}
-    phases = a.phases.split(",")
+    phases = parse_phases(a.phases, a.clients, a.threads, a.serial_threads)
     servers, runs = {}, {phase: [] for phase in phases}
-    batches = {"serial": 1, "batched": a.clients}
     try:
-        for phase in phases:  # both servers stay up; an idle one only waits on a condition variable
-            threads = a.threads if phase == "batched" else a.serial_threads or a.threads
-            extra = ["--prefill-thread", a.prefill_thread] if phase == "batched" else []
-            servers[phase] = start_server_subprocess(model_dir, threads=threads, max_batch_size=batches[phase],
-                                                     timeout=900, extra_args=["--log-level", "warning",
-                                                                              "--dtype", a.dtype, *extra])
+        for phase, (batch, threads) in phases.items():  # all servers stay up; idle ones wait on a condition
+            extra = ["--prefill-thread", a.prefill_thread] if batch > 1 else []
+            servers[phase] = start_server_subprocess(model_dir, threads=threads, max_batch_size=batch, timeout=900,
+                                                     extra_args=["--log-level", "warning", "--dtype", a.dtype, *extra])
         for rnd in range(a.rounds):  # alternate phases so load from other processes hits both alike
             for phase in phases:
                 h = servers[phase]
                 runs[phase].append(run_clients(h.base_url, h.model_name, a.clients, a.warmup, a.seconds,
                                                a.max_tokens, a.temperature, a.max_retries, a.client_procs))
                 r = summarize(runs[phase][-1:])
-                print(f"round {rnd + 1} {phase:8s}: {r['agent_steps_per_s']:7.2f} agent steps/s "
+                print(f"round {rnd + 1} {phase:9s}: {r['agent_steps_per_s']:7.2f} agent steps/s "
                       f"{r['requests_per_s']:7.2f} requests/s  latency p50 {r['latency_p50_s']}s "
                       f"p99 {r['latency_p99_s']}s", file=sys.stderr)
-        for phase in phases:
-            summary[phase] = {**summarize(runs[phase]), "max_batch_size": batches[phase],
+        for phase, (batch, threads) in phases.items():
+            summary[phase] = {**summarize(runs[phase]), "max_batch_size": batch, "threads": threads,
                               **_server_stats(servers[phase].root_url)}
     finally:
         for h in servers.values():
             h.stop()
         tmp.cleanup()
     summary["load_end"] = os.getloadavg()[0]
-    if "serial" in summary and "batched" in summary and summary["serial"]["agent_steps_per_s"]:
-        summary["speedup"] = round(summary["batched"]["agent_steps_per_s"]
-                                   / summary["serial"]["agent_steps_per_s"], 2)
-        print(f"batched / serial agent steps/s: {summary['speedup']}x  (latency p50/p99: serial "
-              f"{summary['serial']['latency_p50_s']}/{summary['serial']['latency_p99_s']}s, batched "
-              f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)",
-              file=sys.stderr)
+    serials = [p for p, (batch, _) in phases.items() if batch == 1]
+    if "batched" in summary:
+        for serial in serials:  # each one-at-a-time server against the batched one, same run
+            if not summary[serial]["agent_steps_per_s"]:
+                continue
+            ratio = round(summary["batched"]["agent_steps_per_s"] / summary[serial]["agent_steps_per_s"], 2)
+            summary["speedup" if serial == "serial" else f"speedup_vs_{serial}"] = ratio
+            print(f"batched / {serial} agent steps/s: {ratio}x  (latency p50/p99: {serial} "
+                  f"{summary[serial]['latency_p50_s']}/{summary[serial]['latency_p99_s']}s, batched "
+                  f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)",
+                  file=sys.stderr)
     line = json.dumps(summary)
     print(line)
     if a.out:
