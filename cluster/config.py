@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -52,6 +53,7 @@ class ServeSection(_Strict):
     port: int = 0  # 0: pick a free port on 127.0.0.1
     threads: int = 2
     max_batch_size: int = 32
+    prefill_thread: Literal["auto", "on", "off"] = "auto"  # embedded backend: `lam serve --prefill-thread`
 
 
 class EvalSection(_Strict):

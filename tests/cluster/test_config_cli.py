@@ -13,6 +13,7 @@ def test_quickstart_config_loads_and_mirrors_the_dataclasses():
     cfg = load_pipeline_config(ROOT / "configs" / "quickstart.yaml")
     assert cfg.collect.levels == ["BabyAI-GoToLocal-v0"] and cfg.eval.episodes >= 200
     assert cfg.train.history_window == 8
+    assert cfg.serve.prefill_thread == "auto"
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,7 @@ def test_quickstart_config_loads_and_mirrors_the_dataclasses():
         ("collect:\n  levels: [BabyAI-Nope-v0]\n", "unknown level 'BabyAI-Nope-v0'"),
         ("eval:\n  levels: [BabyAI-Nope-v1]\n", "eval.levels: unknown level"),
         ("train:\n  zero_stage: 7\n", "train.zero_stage"),
+        ("serve:\n  prefill_thread: sometimes\n", "serve.prefill_thread"),
         ("collect: [1, 2\n", "not valid YAML"),
     ],
 )
