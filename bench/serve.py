@@ -184,24 +184,26 @@ def _server_stats(root_url: str) -> dict:
             out[f"{phase}_forwards"] = int(n)
             out[f"{phase}_mean_rows"] = round(v[f'lam_batch_size_sum{{phase="{phase}"}}'] / n, 2)
             out[f"{phase}_ms_per_forward"] = round(1000 * v.get(f"lam_worker_{phase}_s", 0.0) / n, 1)
+    if v.get("lam_worker_requests"):  # prompt tokens left to prefill after the prefix cache, per request
+        out["prefill_tokens_per_request"] = round(v.get("lam_worker_prefill_tokens", 0.0) / v["lam_worker_requests"], 1)
     if v.get("lam_worker_prefill_padded_tokens"):
         out["prefill_padding_share"] = round(1 - v["lam_worker_prefill_tokens"]
                                              / v["lam_worker_prefill_padded_tokens"], 3)
     return out
 
 
-def parse_phases(spec: str, clients: int, threads: int, serial_threads: int | None) -> dict[str, tuple[int, int]]:
+def parse_phases(spec: str, clients: int, threads: int) -> dict[str, tuple[int, int]]:
     """'serial,serial:2,batched' -> {phase: (max batch size, torch threads)}.
 
-    'serial' serves one request at a time on --serial-threads (default --threads) threads, 'serial:N' on N,
-    'batched' batches up to `clients` rows on --threads."""
+    'serial' serves one request at a time on --threads threads, 'serial:N' on N, 'batched' batches up to
+    `clients` rows on --threads."""
     out = {}
     for name in (p.strip() for p in spec.split(",") if p.strip()):
         kind, _, n = name.partition(":")
         if kind == "batched" and not n:
             out[name] = (clients, threads)
         elif kind == "serial" and (not n or n.isdigit() and int(n) > 0):
-            out[name] = (1, int(n) if n else serial_threads or threads)
+            out[name] = (1, int(n) if n else threads)
         else:
             raise SystemExit(f"Error: --phases takes serial, serial:N (N torch threads) and batched; got {name!r}")
     if not out:
@@ -223,8 +225,6 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=10.0, help="seconds run before each window opens")
     p.add_argument("--rounds", type=int, default=2, help="serial, batched, serial, batched, ...")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
-    p.add_argument("--serial-threads", type=int, default=None,
-                   help="torch threads of the one-at-a-time server (default: --threads); 2 gives it both cores")
     p.add_argument("--prefill-thread", default="auto", choices=["auto", "on", "off"],
                    help="the batched server's --prefill-thread (auto: on with --threads 1 and another core free)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -251,12 +251,12 @@ def main() -> None:
     summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients,
                "client_procs": a.client_procs, "dtype": a.dtype,
                "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads,
-               "serial_threads": a.serial_threads or a.threads, "prefill_thread": a.prefill_thread,
+               "prefill_thread": a.prefill_thread,
                "max_tokens": a.max_tokens,
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_start": os.getloadavg()[0]}
-    phases = parse_phases(a.phases, a.clients, a.threads, a.serial_threads)
+    phases = parse_phases(a.phases, a.clients, a.threads)
     servers, runs = {}, {phase: [] for phase in phases}
     try:
         for phase, (batch, threads) in phases.items():  # all servers stay up; idle ones wait on a condition

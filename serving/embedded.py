@@ -137,9 +137,8 @@ class EmbeddedBackend:
         for t in self._threads:
             t.start()
 
-    def _resolve_prefill_thread(self, mode: str | bool) -> bool:
+    def _resolve_prefill_thread(self, mode: str) -> bool:
         """'auto': overlap prefill with decode on a CPU when torch runs one thread and another core is free."""
-        mode = {True: "on", False: "off"}.get(mode, mode)
         if mode not in PREFILL_THREAD_MODES:
             raise ValueError(f"prefill_thread must be one of {', '.join(PREFILL_THREAD_MODES)}; got {mode!r}")
         possible = self._slab and self.max_batch_size > 1 and self.device.type == "cpu"
