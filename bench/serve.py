@@ -189,6 +189,12 @@ def _server_stats(root_url: str) -> dict:
     if v.get("lam_worker_prefill_padded_tokens"):
         out["prefill_padding_share"] = round(1 - v["lam_worker_prefill_tokens"]
                                              / v["lam_worker_prefill_padded_tokens"], 3)
+    if v.get("lam_worker_decode_kv_padded_tokens"):
+        # Padding in the running batch's KV, and the part of it decode attention still read.
+        out["decode_kv_padding_share"] = round(1 - v["lam_worker_decode_kv_tokens"]
+                                               / v["lam_worker_decode_kv_padded_tokens"], 3)
+        read = v.get("lam_worker_decode_kv_read_tokens") or v["lam_worker_decode_kv_padded_tokens"]
+        out["decode_kv_read_padding_share"] = round(1 - v["lam_worker_decode_kv_tokens"] / read, 3)
     return out
 
 

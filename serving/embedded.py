@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import kv_cache
+from . import decode_attention, kv_cache
 from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
                           PromptValidationError, QueueFullError, SamplingParams)
 from .prefix_cache import BLOCK, PrefixCache
@@ -116,6 +116,7 @@ class EmbeddedBackend:
         self._slab = kv_cache.is_slab_config(self.model.config)
         self._prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and self._slab else None
         self._prefix_lock = threading.Lock()  # the prefill thread looks up while the worker stores
+        self._skip_padding = self._slab and self._use_slab_attention()
         self._stats_lock = threading.Lock()
         # Largest share of a prefill batch that may be padding before it is split by prompt length: on CPU
         # padding costs its full compute, on a GPU a wider batch is nearly free.
@@ -128,7 +129,8 @@ class EmbeddedBackend:
         # shared machine; summed over the worker and the prefill thread), seconds in forward passes, prompt tokens
         # prefilled (and with padding), tokens decoded.
         self.stats = {"busy_s": 0.0, "busy_cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0,
-                      "prefill_padded_tokens": 0, "decode_tokens": 0, "requests": 0}
+                      "prefill_padded_tokens": 0, "decode_tokens": 0, "decode_kv_tokens": 0,
+                      "decode_kv_padded_tokens": 0, "decode_kv_read_tokens": 0, "requests": 0}
         self.prefill_thread = self._resolve_prefill_thread(prefill_thread)
         self._threads = [threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)]
         if self.prefill_thread:
@@ -136,6 +138,20 @@ class EmbeddedBackend:
                                                   daemon=True))
         for t in self._threads:
             t.start()
+
+    def _use_slab_attention(self) -> bool:
+        """Switch sdpa models to decode_attention.slab_sdpa (same math, skips left padding in decode steps);
+        it needs the forward to pass extra keywords down to the attention function."""
+        params = inspect.signature(self.model.forward).parameters.values()
+        if (getattr(self.model.config, "_attn_implementation", None) != "sdpa"
+                or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)):
+            return False
+        try:
+            self.model.set_attn_implementation(decode_attention.ATTN_NAME)
+        except Exception as exc:  # a model that cannot switch keeps plain sdpa
+            log.info("padding-skipping decode attention not used: %s", exc)
+            return False
+        return True
 
     def _resolve_prefill_thread(self, mode: str) -> bool:
         """'auto': overlap prefill with decode on a CPU when torch runs one thread and another core is free."""
@@ -353,8 +369,8 @@ class EmbeddedBackend:
         p = self._prefix
         return p.hit_tokens / p.lookup_tokens if p is not None and p.lookup_tokens else 0.0
 
-    def _forward(self, input_ids, mask, positions, cache):
-        kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": True, self._cache_kw: cache}
+    def _forward(self, input_ids, mask, positions, cache, **extra):
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": True, self._cache_kw: cache, **extra}
         if self._pass_positions:  # padding: each row counts positions from its own first real token
             kwargs["position_ids"] = positions
         if self._logits_to_keep:
@@ -442,13 +458,22 @@ class EmbeddedBackend:
         positions = torch.tensor([r.pos for r in rows], dtype=torch.long).unsqueeze(1).to(self.device)
         for r in rows:
             r.pos += 1
+        extra, width = {}, self._mask.shape[1]
+        read = len(rows) * width
+        if self._skip_padding:  # attend per run of rows from the first column the run needs
+            blocks = decode_attention.plan_blocks(decode_attention.first_columns(self._mask), width)
+            extra["lam_blocks"] = blocks
+            read = sum((r1 - r0) * (width - c0) for r0, r1, c0 in blocks)
         self._observe(len(rows), "decode")
         t0 = time.perf_counter()
-        logits, self._cache = self._forward(ids, self._mask, positions, self._cache)
+        logits, self._cache = self._forward(ids, self._mask, positions, self._cache, **extra)
         self._next = sample(logits, rows)
         with self._stats_lock:
             self.stats["decode_s"] += time.perf_counter() - t0
             self.stats["decode_tokens"] += len(rows)
+            self.stats["decode_kv_tokens"] += int(self._mask.sum())  # KV columns: real ones, ...
+            self.stats["decode_kv_padded_tokens"] += self._mask.numel()  # ... with every row's padding ...
+            self.stats["decode_kv_read_tokens"] += read  # ... and those attention read
         for r, t in zip(rows, self._next):
             r.accept(t, self.eos_ids, self.decode)
 

@@ -152,10 +152,10 @@ def test_failed_prefill_of_a_newcomer_spares_the_running_batch(any_backend, monk
     expected = _solo(backend, [p_long], 120)[0].choices[0].token_ids
     forward = backend._forward
 
-    def fail_prefills(ids, *a):
+    def fail_prefills(ids, *a, **kw):
         if ids.shape[1] > 1 and backend.active_rows:  # prefill while another request is running
             raise RuntimeError("simulated prefill failure")
-        return forward(ids, *a)
+        return forward(ids, *a, **kw)
 
     monkeypatch.setattr(backend, "_forward", fail_prefills)
     running = backend.submit(p_long, SamplingParams(max_tokens=120, **GREEDY))
@@ -171,9 +171,9 @@ def _forward_log(backend, monkeypatch) -> list:
     """Wrap the model call: (phase, start, end) of every forward pass, from whichever thread ran it."""
     log, forward = [], backend._forward
 
-    def logged(ids, *a):
+    def logged(ids, *a, **kw):
         t0 = time.perf_counter()
-        out = forward(ids, *a)
+        out = forward(ids, *a, **kw)
         log.append(("prefill" if ids.shape[1] > 1 else "decode", t0, time.perf_counter()))
         return out
 

@@ -1,0 +1,91 @@
+"""Decode attention that skips left padding: the run plan is optimal, the math is sdpa's, outputs unchanged.
+
+    .venv/bin/python -m pytest tests/serving/test_serving_decode_attention.py -q
+"""
+from __future__ import annotations
+
+import itertools
+import random
+
+import torch
+from serving_tiny_model import chat_prompt
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from serving.decode_attention import first_columns, plan_blocks, slab_sdpa
+from serving.embedded import SamplingParams
+
+
+def _cost(runs, first, width, call_cost):
+    return sum((r1 - r0) * (width - min(first[r0:r1])) + call_cost for r0, r1, _ in runs)
+
+
+def test_plan_blocks_is_a_cover_and_optimal():
+    rng = random.Random(0)
+    for _ in range(200):
+        n, width, call_cost = rng.randint(1, 7), rng.randint(5, 60), rng.choice([0, 3, 20, 500])
+        first = [rng.randrange(width) for _ in range(n)]
+        runs = plan_blocks(first, width, call_cost)
+        assert [r0 for r0, _, _ in runs] == [0] + [r1 for _, r1, _ in runs[:-1]] and runs[-1][1] == n
+        assert all(c0 == min(first[r0:r1]) for r0, r1, c0 in runs)
+        brute = min(_cost([(a, b, 0) for a, b in zip((0,) + cuts, cuts + (n,))], first, width, call_cost)
+                    for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+        assert _cost(runs, first, width, call_cost) == brute
+
+
+def test_plan_blocks_extremes():
+    assert plan_blocks([0, 50, 90, 95], 100, call_cost=10**6) == [(0, 4, 0)]
+    assert plan_blocks([0, 50, 90, 95], 100, call_cost=1) == [(0, 1, 0), (1, 2, 50), (2, 3, 90), (3, 4, 95)]
+    assert first_columns(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 0, 1]])) == [2, 0, 1]
+
+
+class _Heads(torch.nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.num_key_value_groups, self.is_causal = groups, True
+
+
+def test_slab_sdpa_equals_sdpa_with_padding_gaps_and_gqa():
+    torch.manual_seed(0)
+    rows, width, dim = 6, 40, 16
+    first = [0, 30, 12, 35, 5, 20]
+    mask = torch.zeros(rows, width, dtype=torch.bool)
+    for i, f in enumerate(first):
+        mask[i, f:] = True
+    mask[2, 15:18] = False  # a gap inside a row (cached prefix, padding, new tokens)
+    mask4 = mask[:, None, None, :]
+    for heads, kv_heads in ((4, 4), (4, 2)):
+        q = torch.randn(rows, heads, 1, dim)
+        k, v = torch.randn(rows, kv_heads, width, dim), torch.randn(rows, kv_heads, width, dim)
+        module = _Heads(heads // kv_heads)
+        want, _ = sdpa_attention_forward(module, q, k, v, mask4, scaling=dim ** -0.5)
+        blocks = plan_blocks(first_columns(mask.long()), width, call_cost=0)
+        assert len(blocks) > 2 and any(c0 > 0 for _, _, c0 in blocks)
+        got, _ = slab_sdpa(module, q, k, v, mask4, scaling=dim ** -0.5, lam_blocks=blocks)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # Padding columns are never read: garbage there changes nothing.
+        k2, v2 = k.clone(), v.clone()
+        for i, f in enumerate(first):
+            k2[i, :, :f], v2[i, :, :f] = 1e4, -1e4
+        got2, _ = slab_sdpa(module, q, k2, v2, mask4, scaling=dim ** -0.5, lam_blocks=blocks)
+        torch.testing.assert_close(got2, want, rtol=1e-5, atol=1e-5)
+
+
+def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch):
+    backend = any_backend
+    assert backend._skip_padding
+    # Very different prompt lengths: short rows would attend over 100+ padding columns.
+    prompts = [chat_prompt(backend, ("long context " * 12 if i % 2 else "") + f"task {i}") for i in range(6)]
+    solo = [backend.generate_sync(p, SamplingParams(max_tokens=20, temperature=0.0), timeout=60) for p in prompts]
+    plans, forward = [], backend._forward
+
+    def spy(ids, *a, **kw):
+        if "lam_blocks" in kw:
+            plans.append(kw["lam_blocks"])
+        return forward(ids, *a, **kw)
+
+    monkeypatch.setattr(backend, "_forward", spy)
+    handles = [backend.submit(p, SamplingParams(max_tokens=20, temperature=0.0)) for p in prompts]
+    for h, s in zip(handles, solo):
+        assert h.future.result(60).choices[0].token_ids == s.choices[0].token_ids
+    assert any(len(p) > 1 and any(c0 > 0 for _, _, c0 in p) for p in plans), plans
