@@ -116,7 +116,10 @@ class EmbeddedBackend:
         self._slab = kv_cache.is_slab_config(self.model.config)
         self._prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 and self._slab else None
         self._prefix_lock = threading.Lock()  # the prefill thread looks up while the worker stores
-        self._skip_padding = self._slab and self._use_slab_attention()
+        # Decode attention over runs of rows, skipping left padding (serving/decode_attention.py). Measured on
+        # CPU only, where decode attention is bound by reading KV; on a GPU the extra kernel
+        # launches would be paid for columns that cost little to read.
+        self.skip_padding = self._slab and self.device.type == "cpu" and self._use_slab_attention()
         self._stats_lock = threading.Lock()
         # Largest share of a prefill batch that may be padding before it is split by prompt length: on CPU
         # padding costs its full compute, on a GPU a wider batch is nearly free.
@@ -147,11 +150,14 @@ class EmbeddedBackend:
                 or not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)):
             return False
         try:
+            with torch.inference_mode():  # one token: the forward must take the keyword it will be given
+                self.model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device), use_cache=False,
+                           lam_blocks=[(0, 1, 0)])
             self.model.set_attn_implementation(decode_attention.ATTN_NAME)
-        except Exception as exc:  # a model that cannot switch keeps plain sdpa
+        except Exception as exc:  # a model that rejects the keyword or cannot switch keeps plain sdpa
             log.info("padding-skipping decode attention not used: %s", exc)
             return False
-        return True
+        return self.model.config._attn_implementation == decode_attention.ATTN_NAME
 
     def _resolve_prefill_thread(self, mode: str) -> bool:
         """'auto': overlap prefill with decode on a CPU when torch runs one thread and another core is free."""
@@ -460,7 +466,7 @@ class EmbeddedBackend:
             r.pos += 1
         extra, width = {}, self._mask.shape[1]
         read = len(rows) * width
-        if self._skip_padding:  # attend per run of rows from the first column the run needs
+        if self.skip_padding:  # attend per run of rows from the first column the run needs
             blocks = decode_attention.plan_blocks(decode_attention.first_columns(self._mask), width)
             extra["lam_blocks"] = blocks
             read = sum((r1 - r0) * (width - c0) for r0, r1, c0 in blocks)

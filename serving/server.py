@@ -67,9 +67,11 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
     app = create_app(engine, name, api_key=api_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
-    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, batch<=%d, prefill %s)",
+    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, batch<=%d, prefill %s, "
+             "decode attention %s)",
              model_dir, name, host, port, engine.device, str(engine.dtype).removeprefix("torch."), max_batch_size,
-             "in its own thread" if engine.prefill_thread else "between decode steps")
+             "in its own thread" if engine.prefill_thread else "between decode steps",
+             "skips left padding" if engine.skip_padding else "sdpa over the whole batch")
     try:
         uvicorn.Server(config).run()  # installs SIGINT/SIGTERM handlers and drains on shutdown
     finally:

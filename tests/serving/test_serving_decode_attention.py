@@ -73,7 +73,7 @@ def test_slab_sdpa_equals_sdpa_with_padding_gaps_and_gqa():
 
 def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch):
     backend = any_backend
-    assert backend._skip_padding
+    assert backend.skip_padding
     # Very different prompt lengths: short rows would attend over 100+ padding columns.
     prompts = [chat_prompt(backend, ("long context " * 12 if i % 2 else "") + f"task {i}") for i in range(6)]
     solo = [backend.generate_sync(p, SamplingParams(max_tokens=20, temperature=0.0), timeout=60) for p in prompts]
@@ -89,3 +89,24 @@ def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch
     for h, s in zip(handles, solo):
         assert h.future.result(60).choices[0].token_ids == s.choices[0].token_ids
     assert any(len(p) > 1 and any(c0 > 0 for _, _, c0 in p) for p in plans), plans
+
+
+def test_a_model_that_rejects_the_keyword_keeps_plain_sdpa(tiny_model_dir, monkeypatch):
+    from serving.embedded import EmbeddedBackend
+
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=4, num_threads=1, prefill_thread="off")
+    try:
+        assert b.skip_padding and b.model.config._attn_implementation == "lam_slab_sdpa"
+        forward = b.model.forward
+
+        def strict(*args, lam_blocks=None, **kwargs):  # takes **kwargs but refuses ours, as some models might
+            if lam_blocks is not None:
+                raise TypeError("unexpected keyword argument 'lam_blocks'")
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(b.model, "forward", strict)
+        b.model.set_attn_implementation("sdpa")
+        assert b._use_slab_attention() is False
+        assert b.model.config._attn_implementation == "sdpa"
+    finally:
+        b.close()
