@@ -14,6 +14,10 @@ Overlapped prefill (`prefill_thread`, on by default on a CPU when torch runs one
 prefills new requests while the worker decodes, and hands them over ready to join the batch, so the
 compute-bound prefill runs on another core instead of stalling every running row (prefill and decode
 disaggregated, as DistServe or vLLM's disaggregated prefill do across GPUs).
+
+Padding-skipping decode attention (`skip_padding`, on for sdpa models on a CPU): rows of the running batch
+are right-aligned to the longest one, and a CPU decode step is bound by reading K and V, so each decode
+step attends per run of rows from the first column the run needs (serving/decode_attention.py).
 """
 from __future__ import annotations
 

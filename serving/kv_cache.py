@@ -8,7 +8,8 @@ most of a 32-row decode step. A SlabLayer keeps K and V in [row slots, heads, co
 grow geometrically: a decode step writes one column in place, a newcomer is written into free row slots, a
 finished row is replaced by the last row (only that row moves), and `keys`/`values` are views of the
 filled part. Rows are right-aligned: every row's newest token is in the last column, and the attention mask
-kept by the caller marks padding columns, which may sit anywhere (they hold zeros, never garbage).
+kept by the caller marks padding columns, which may sit anywhere (they hold zeros, never garbage). Decode
+attention skips most of that padding (serving/decode_attention.py).
 """
 from __future__ import annotations
 
