@@ -13,7 +13,6 @@ the padding share of the KV, and the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -41,7 +40,7 @@ def main() -> None:
     a = p.parse_args()
     if not 1 <= a.min_len < a.max_len:
         raise SystemExit("Error: need 1 <= --min-len < --max-len")
-    from serve import build_babyai_random_model
+    from serve import build_babyai_random_model, emit
 
     from serving.embedded import EmbeddedBackend, SamplingParams
 
@@ -95,10 +94,7 @@ def main() -> None:
                "speedup": round(med["full"] / med["skip"], 2)}
     print(f"decode step, {a.rows} rows, KV padding {summary['kv_padding_share']:.0%}: skipping padding "
           f"{med['skip']:.1f} ms, whole batch {med['full']:.1f} ms -> {summary['speedup']}x", file=sys.stderr)
-    line = json.dumps(summary)
-    print(line)
-    if a.out:
-        Path(a.out).write_text(line + "\n")
+    emit(summary, a.out)
 
 
 if __name__ == "__main__":

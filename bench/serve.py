@@ -198,6 +198,14 @@ def _server_stats(root_url: str) -> dict:
     return out
 
 
+def emit(summary: dict, out: str | None) -> None:
+    """The JSON summary on stdout (one line), and in `out` when given."""
+    line = json.dumps(summary)
+    print(line)
+    if out:
+        Path(out).write_text(line + "\n")
+
+
 def parse_phases(spec: str, clients: int, threads: int) -> dict[str, tuple[int, int]]:
     """'serial,serial:2,batched' -> {phase: (max batch size, torch threads)}.
 
@@ -297,10 +305,7 @@ def main() -> None:
                   f"{summary[serial]['latency_p50_s']}/{summary[serial]['latency_p99_s']}s, batched "
                   f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)",
                   file=sys.stderr)
-    line = json.dumps(summary)
-    print(line)
-    if a.out:
-        Path(a.out).write_text(line + "\n")
+    emit(summary, a.out)
 
 
 if __name__ == "__main__":
