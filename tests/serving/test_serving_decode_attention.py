@@ -85,10 +85,15 @@ def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch
         return forward(ids, *a, **kw)
 
     monkeypatch.setattr(backend, "_forward", spy)
+    before = dict(backend.stats)
     handles = [backend.submit(p, SamplingParams(max_tokens=20, temperature=0.0)) for p in prompts]
     for h, s in zip(handles, solo):
         assert h.future.result(60).choices[0].token_ids == s.choices[0].token_ids
     assert any(len(p) > 1 and any(c0 > 0 for _, _, c0 in p) for p in plans), plans
+    # /metrics counters: real <= read < padded KV columns once padding was skipped
+    real, read, padded = (backend.stats[k] - before[k] for k in
+                          ("decode_kv_tokens", "decode_kv_read_tokens", "decode_kv_padded_tokens"))
+    assert 0 < real <= read < padded
 
 
 def test_a_model_that_rejects_the_keyword_keeps_plain_sdpa(tiny_model_dir, monkeypatch):
