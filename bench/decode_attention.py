@@ -2,13 +2,15 @@
 
     python bench/decode_attention.py                       # 25M random model, bf16, 24 rows of 40-600 tokens
     python bench/decode_attention.py --rows 32 --min-len 100 --max-len 300 --windows 8 --out /tmp/da.json
+    python bench/decode_attention.py --rows 1 --threads 2 --min-len 60 --max-len 120 --seconds 0.5   # serial path
 
-One EmbeddedBackend (one torch thread, no prefill thread, no prefix cache) decodes `--rows` requests whose
-prompts have random lengths in [--min-len, --max-len) (random tokens; a random model never stops early).
+One EmbeddedBackend (`--threads` torch threads, no prefill thread, no prefix cache) decodes `--rows`
+requests whose prompts have random lengths in [--min-len, --max-len) (random tokens; a random model never stops early).
 Windows of `--seconds` alternate between decode attention that skips each run of rows' left padding
-(serving/decode_attention.py) and plain sdpa over the whole batch (the attribute `skip_padding` is read at
-every step), so both see the same rows, contexts and machine load. Reports ms per decode step for each,
-the padding share of the KV, and the ratio.
+(serving/decode_attention.py) and transformers' plain sdpa over the whole batch, as before it (the attention
+implementation and `skip_padding` are read at every step), so both see the same rows, contexts and machine
+load. `--rows 1 --threads 2` checks the one-request-at-a-time path, which has no padding to skip. Reports
+ms per decode step for each, the padding share of the KV, and the ratio.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="small", help="size preset of the random model (training/model.py)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    p.add_argument("--rows", type=int, default=24)
+    p.add_argument("--rows", type=int, default=24, help="1: the one-request-at-a-time server's decode path")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--min-len", type=int, default=40)
     p.add_argument("--max-len", type=int, default=600)
     p.add_argument("--windows", type=int, default=5, help="windows per mode, alternated")
@@ -42,11 +45,12 @@ def main() -> None:
         raise SystemExit("Error: need 1 <= --min-len < --max-len")
     from serve import build_babyai_random_model, emit
 
+    from serving.decode_attention import ATTN_NAME
     from serving.embedded import EmbeddedBackend, SamplingParams
 
     with tempfile.TemporaryDirectory(prefix="lam-bench-da-") as tmp:
         model_dir = build_babyai_random_model(Path(tmp) / "m", preset=a.preset)
-        b = EmbeddedBackend(str(model_dir), max_batch_size=a.rows, num_threads=1, dtype=a.dtype,
+        b = EmbeddedBackend(str(model_dir), max_batch_size=a.rows, num_threads=a.threads, dtype=a.dtype,
                             prefill_thread="off", prefix_cache_mb=0, max_new_tokens_limit=1024)
         if not b.skip_padding:
             raise SystemExit("Error: this model/device does not use the padding-skipping decode attention")
@@ -58,7 +62,7 @@ def main() -> None:
         rng = random.Random(a.seed)
         prompts = [[rng.randrange(3, b.vocab_size) for _ in range(rng.randrange(a.min_len, a.max_len))]
                    for _ in range(a.rows)]
-        handles = [b.submit(q, SamplingParams(max_tokens=min(1024, room), temperature=1.0, seed=i))
+        handles = [b.submit(q, SamplingParams(max_tokens=min(1024, b.max_context - len(q)), temperature=1.0, seed=i))
                    for i, q in enumerate(prompts)]
         while b.active_rows < a.rows:  # all rows prefilled and decoding
             time.sleep(0.05)
@@ -66,7 +70,8 @@ def main() -> None:
         padding = []
         try:
             for _ in range(a.windows):
-                for mode in ("skip", "full"):
+                for mode in ("skip", "full"):  # "full": plain transformers sdpa, as before this attention
+                    b.model.set_attn_implementation(ATTN_NAME if mode == "skip" else "sdpa")
                     b.skip_padding = mode == "skip"
                     time.sleep(0.2)  # let the step in flight finish under the previous mode
                     s0 = dict(b.stats)
@@ -84,7 +89,8 @@ def main() -> None:
                 h.cancel()
             b.close()
     med = {k: statistics.median(v) for k, v in ms.items()}
-    summary = {"preset": a.preset, "dtype": a.dtype, "rows": a.rows, "prompt_len": [a.min_len, a.max_len],
+    summary = {"preset": a.preset, "dtype": a.dtype, "rows": a.rows, "threads": a.threads,
+               "prompt_len": [a.min_len, a.max_len],
                "windows": a.windows, "seconds": a.seconds, "machine": f"{os.uname().machine} {os.cpu_count()} cpus",
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "kv_padding_share": round(statistics.fmean(padding), 3),

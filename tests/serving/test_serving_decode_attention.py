@@ -115,3 +115,24 @@ def test_a_model_that_rejects_the_keyword_keeps_plain_sdpa(tiny_model_dir, monke
         assert b.model.config._attn_implementation == "sdpa"
     finally:
         b.close()
+
+
+def test_the_attention_probe_runs_in_the_worker_thread(tiny_model_dir, monkeypatch):
+    """A forward in the constructing thread gave it an OpenMP team of its own, which slowed the worker's
+    multi-threaded decode steps: the one-token probe must run in the worker thread, before __init__ returns."""
+    import threading
+
+    from serving.embedded import EmbeddedBackend
+
+    seen, probe = [], EmbeddedBackend._use_slab_attention
+
+    def recording(self):
+        seen.append(threading.current_thread().name)
+        return probe(self)
+
+    monkeypatch.setattr(EmbeddedBackend, "_use_slab_attention", recording)
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=4, num_threads=1, prefill_thread="off")
+    try:
+        assert seen == ["lam-embedded-worker"] and b.skip_padding
+    finally:
+        b.close()
