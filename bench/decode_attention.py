@@ -49,7 +49,17 @@ def main() -> None:
     from serving.embedded import EmbeddedBackend, SamplingParams
 
     with tempfile.TemporaryDirectory(prefix="lam-bench-da-") as tmp:
-        model_dir = build_babyai_random_model(Path(tmp) / "m", preset=a.preset)
+        # Built in a child process: torch ops run here would give this thread an OpenMP team of its own,
+        # which slows a multi-threaded worker beside it (as `lam serve` never has one).
+        import multiprocessing
+
+        model_dir = Path(tmp) / "m"
+        child = multiprocessing.get_context("spawn").Process(target=build_babyai_random_model, args=(model_dir,),
+                                                             kwargs={"preset": a.preset})
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"Error: building the random {a.preset} model failed (exit {child.exitcode})")
         b = EmbeddedBackend(str(model_dir), max_batch_size=a.rows, num_threads=a.threads, dtype=a.dtype,
                             prefill_thread="off", prefix_cache_mb=0, max_new_tokens_limit=1024)
         if not b.skip_padding:
