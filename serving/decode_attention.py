@@ -50,13 +50,16 @@ def plan_blocks(first: list[int], width: int, call_cost: int = CALL_COST) -> lis
 def slab_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
               is_causal: bool | None = None, lam_blocks: list[tuple[int, int, int]] | None = None, **kwargs):
     """transformers attention function: sdpa, split by `lam_blocks` for one-token decode steps."""
-    if lam_blocks is None or query.shape[2] != 1 or len(lam_blocks) == 1 and lam_blocks[0][2] == 0:
+    if (lam_blocks is None or query.shape[2] != 1 or len(lam_blocks) == 1 and lam_blocks[0][2] == 0
+            or kwargs.get("position_bias") is not None):  # biases: leave them to transformers' sdpa
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     gqa = key.shape[1] != query.shape[1]
     out = query.new_empty(query.shape)
     for r0, r1, c0 in lam_blocks:
-        mask = None if attention_mask is None else attention_mask[r0:r1, ..., c0:]
+        mask = attention_mask
+        if mask is not None:  # [rows or 1, heads or 1, 1, columns]
+            mask = (mask if mask.shape[0] == 1 else mask[r0:r1])[..., c0:]
         out[r0:r1] = F.scaled_dot_product_attention(query[r0:r1], key[r0:r1, :, c0:], value[r0:r1, :, c0:],
                                                     attn_mask=mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None

@@ -69,6 +69,14 @@ def test_slab_sdpa_equals_sdpa_with_padding_gaps_and_gqa():
             k2[i, :, :f], v2[i, :, :f] = 1e4, -1e4
         got2, _ = slab_sdpa(module, q, k2, v2, mask4, scaling=dim ** -0.5, lam_blocks=blocks)
         torch.testing.assert_close(got2, want, rtol=1e-5, atol=1e-5)
+    # A mask broadcast over rows, and none at all
+    q, k, v = torch.randn(rows, 4, 1, dim), torch.randn(rows, 4, width, dim), torch.randn(rows, 4, width, dim)
+    shared = torch.zeros(1, 1, 1, width, dtype=torch.bool)
+    shared[..., 10:] = True
+    for m, blocks in ((shared, [(0, 2, 10), (2, rows, 5)]), (None, [(0, 3, 0), (3, rows, 0)])):
+        want, _ = sdpa_attention_forward(_Heads(1), q, k, v, m, scaling=dim ** -0.5)
+        got, _ = slab_sdpa(_Heads(1), q, k, v, m, scaling=dim ** -0.5, lam_blocks=blocks)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch):
