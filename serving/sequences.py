@@ -68,6 +68,16 @@ class Row:
         self.n_sampled += 1
         self.sampled.append(token)
         stops = self.req.params.stop
+        if not stops and self.req.on_event is None:  # nobody reads the text before the end: decode it once
+            if token in eos_ids:
+                self.finish = "stop"
+            else:
+                self.out_ids.append(token)
+                if self.n_sampled >= self.req.max_new:
+                    self.finish = "length"
+            if self.finish:
+                self.text = decode(self.out_ids)
+            return
         if token in eos_ids:
             self.finish = "stop"
         else:

@@ -95,6 +95,22 @@ def test_eos_finishes_with_stop(backend):
     assert res.completion_tokens == 1
 
 
+def test_text_without_stops_or_streaming_is_decoded_once_at_the_end(backend):
+    p = chat_prompt(backend, "text at the end")
+    whole = backend.generate_sync(p, SamplingParams(max_tokens=8, **GREEDY), 60).choices[0]
+    assert whole.finish_reason == "length" and len(whole.token_ids) == 8
+    assert whole.text and whole.text == backend.decode(whole.token_ids)
+    cut = next(i for i in range(1, 8) if whole.token_ids[i] not in whole.token_ids[:i])
+    saved = backend.eos_ids
+    backend.eos_ids = saved | {whole.token_ids[cut]}  # eos after `cut` tokens
+    try:
+        early = backend.generate_sync(p, SamplingParams(max_tokens=8, **GREEDY), 60).choices[0]
+    finally:
+        backend.eos_ids = saved
+    assert early.finish_reason == "stop" and early.token_ids == whole.token_ids[:cut]
+    assert early.text == backend.decode(whole.token_ids[:cut])
+
+
 def test_validation_errors_name_the_field(backend):
     with pytest.raises(PromptValidationError) as e:
         backend.submit(list(range(5, 5 + backend.max_context)), SamplingParams())
