@@ -173,11 +173,12 @@ def _server_stats(root_url: str) -> dict:
     v = {}
     for line in httpx.get(root_url + "/metrics", timeout=30).text.splitlines():
         if line.startswith(("lam_batch_size_sum", "lam_batch_size_count", "lam_prefix_cache", "lam_worker_",
-                            "lam_prefill_thread")):
+                            "lam_prefill_thread", "lam_packed_prefill")):
             name, value = line.rsplit(" ", 1)
             v[name] = float(value)
     out = {"prefix_cache_hit_ratio": round(v.get("lam_prefix_cache_hit_ratio", 0.0), 3),
-           "prefill_thread": bool(v.get("lam_prefill_thread", 0.0))}
+           "prefill_thread": bool(v.get("lam_prefill_thread", 0.0)),
+           "packed_prefill": bool(v.get("lam_packed_prefill", 0.0))}
     for phase in ("prefill", "decode"):
         n = v.get(f'lam_batch_size_count{{phase="{phase}"}}')
         if n:
@@ -206,20 +207,23 @@ def emit(summary: dict, out: str | None) -> None:
         Path(out).write_text(line + "\n")
 
 
+BATCHED_KINDS = ("batched", "batched-unpacked")
+
+
 def parse_phases(spec: str, clients: int, threads: int) -> dict[str, tuple[int, int]]:
     """'serial,serial:2,batched' -> {phase: (max batch size, torch threads)}.
 
     'serial' serves one request at a time on --threads threads, 'serial:N' on N, 'batched' batches up to
-    `clients` rows on --threads."""
+    `clients` rows on --threads ('batched:N' on N); 'batched-unpacked[:N]' is the same with
+    `--packed-prefill off`."""
     out = {}
     for name in (p.strip() for p in spec.split(",") if p.strip()):
         kind, _, n = name.partition(":")
-        if kind == "batched" and not n:
-            out[name] = (clients, threads)
-        elif kind == "serial" and (not n or n.isdigit() and int(n) > 0):
-            out[name] = (1, int(n) if n else threads)
+        if kind in ("serial", *BATCHED_KINDS) and (not n or n.isdigit() and int(n) > 0):
+            out[name] = (1 if kind == "serial" else clients, int(n) if n else threads)
         else:
-            raise SystemExit(f"Error: --phases takes serial, serial:N (N torch threads) and batched; got {name!r}")
+            raise SystemExit("Error: --phases takes serial, batched and batched-unpacked, each optionally :N "
+                             f"(N torch threads); got {name!r}")
     if not out:
         raise SystemExit("Error: --phases is empty")
     return out
@@ -241,6 +245,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     p.add_argument("--prefill-thread", default="auto", choices=["auto", "on", "off"],
                    help="the batched server's --prefill-thread (auto: on with --threads 1 and another core free)")
+    p.add_argument("--packed-prefill", default="auto", choices=["auto", "off"],
+                   help="the batched server's --packed-prefill (used without a prefill thread)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="server dtype (auto: float32 on CPU; bfloat16 uses AMX where the CPU has it)")
     p.add_argument("--max-tokens", type=int, default=16, help="ModelPolicy's max_tokens (its default: 16)")
@@ -265,7 +271,7 @@ def main() -> None:
     summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients,
                "client_procs": a.client_procs, "dtype": a.dtype,
                "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads,
-               "prefill_thread": a.prefill_thread,
+               "prefill_thread": a.prefill_thread, "packed_prefill": a.packed_prefill,
                "max_tokens": a.max_tokens,
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -274,7 +280,8 @@ def main() -> None:
     servers, runs = {}, {phase: [] for phase in phases}
     try:
         for phase, (batch, threads) in phases.items():  # all servers stay up; idle ones wait on a condition
-            extra = ["--prefill-thread", a.prefill_thread] if batch > 1 else []
+            packed = "off" if phase.startswith("batched-unpacked") else a.packed_prefill
+            extra = ["--prefill-thread", a.prefill_thread, "--packed-prefill", packed] if batch > 1 else []
             servers[phase] = start_server_subprocess(model_dir, threads=threads, max_batch_size=batch, timeout=900,
                                                      extra_args=["--log-level", "warning", "--dtype", a.dtype, *extra])
         for rnd in range(a.rounds):  # alternate phases so load from other processes hits both alike
@@ -295,15 +302,16 @@ def main() -> None:
         tmp.cleanup()
     summary["load_end"] = os.getloadavg()[0]
     serials = [p for p, (batch, _) in phases.items() if batch == 1]
-    if "batched" in summary:
-        for serial in serials:  # each one-at-a-time server against the batched one, same run
+    for batched in (p for p, (batch, _) in phases.items() if batch > 1):
+        for serial in serials:  # each one-at-a-time server against each batched one, same run
             if not summary[serial]["agent_steps_per_s"]:
                 continue
-            ratio = round(summary["batched"]["agent_steps_per_s"] / summary[serial]["agent_steps_per_s"], 2)
-            summary["speedup" if serial == "serial" else f"speedup_vs_{serial}"] = ratio
-            print(f"batched / {serial} agent steps/s: {ratio}x  (latency p50/p99: {serial} "
-                  f"{summary[serial]['latency_p50_s']}/{summary[serial]['latency_p99_s']}s, batched "
-                  f"{summary['batched']['latency_p50_s']}/{summary['batched']['latency_p99_s']}s)",
+            ratio = round(summary[batched]["agent_steps_per_s"] / summary[serial]["agent_steps_per_s"], 2)
+            key = "speedup" if serial == "serial" else f"speedup_vs_{serial}"
+            summary[key if batched == "batched" else f"{batched}_{key}"] = ratio
+            print(f"{batched} / {serial} agent steps/s: {ratio}x  (latency p50/p99: {serial} "
+                  f"{summary[serial]['latency_p50_s']}/{summary[serial]['latency_p99_s']}s, {batched} "
+                  f"{summary[batched]['latency_p50_s']}/{summary[batched]['latency_p99_s']}s)",
                   file=sys.stderr)
     emit(summary, a.out)
 

@@ -54,6 +54,7 @@ class ServeSection(_Strict):
     threads: int = 2
     max_batch_size: int = 32
     prefill_thread: Literal["auto", "on", "off"] = "auto"  # embedded backend: `lam serve --prefill-thread`
+    packed_prefill: Literal["auto", "off"] = "auto"  # embedded backend: `lam serve --packed-prefill`
 
 
 class EvalSection(_Strict):

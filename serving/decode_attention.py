@@ -13,6 +13,8 @@ attention mask and reaches every layer as the `lam_blocks` keyword of the model'
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -47,9 +49,59 @@ def plan_blocks(first: list[int], width: int, call_cost: int = CALL_COST) -> lis
     return runs[::-1]
 
 
+@dataclass
+class PackedPlan:
+    """One packed step's attention, shared by every layer: the running batch's rows [0, decode_rows) decode one
+    token each (the first decode_rows tokens of the packed sequence), attending per run `blocks` with
+    `decode_mask` ([decode_rows, 1, 1, columns], True = attend); then each prompt (slab row, first token in
+    the packed sequence, its number of new tokens, its first column) attends causally over its own columns.
+    """
+
+    decode_rows: int
+    blocks: list[tuple[int, int, int]]
+    decode_mask: torch.Tensor | None
+    prompts: list[tuple[int, int, int, int]] = field(default_factory=list)
+    _causal: dict = field(default_factory=dict)
+
+    def causal_mask(self, new: int, columns: int, device) -> torch.Tensor:
+        """[new, columns]: query t sees every column up to its own (the last `new` columns are the new tokens)."""
+        key = (new, columns)
+        if key not in self._causal:
+            q = torch.arange(new, device=device).unsqueeze(1) + (columns - new)
+            self._causal[key] = torch.arange(columns, device=device).unsqueeze(0) <= q
+        return self._causal[key]
+
+
+def packed_attention(plan: PackedPlan, query, key, value, scaling: float | None, gqa: bool) -> torch.Tensor:
+    """Attention of a packed step: query [1, heads, tokens, dim] against the slab's key/value
+    [rows, kv_heads, columns, dim]; returns [1, tokens, heads, dim]."""
+    out = query.new_empty((1, query.shape[2], query.shape[1], query.shape[3]))
+    n = plan.decode_rows
+    if n:
+        q = query[0, :, :n].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
+        for r0, r1, c0 in plan.blocks:
+            mask = None if plan.decode_mask is None else plan.decode_mask[r0:r1, ..., c0:]
+            o = F.scaled_dot_product_attention(q[r0:r1], key[r0:r1, :, c0:], value[r0:r1, :, c0:], attn_mask=mask,
+                                               scale=scaling, enable_gqa=gqa)
+            out[0, r0:r1] = o.squeeze(2)
+    for row, t0, new, c0 in plan.prompts:
+        k, v = key[row:row + 1, :, c0:], value[row:row + 1, :, c0:]
+        mask = plan.causal_mask(new, k.shape[2], query.device)
+        o = F.scaled_dot_product_attention(query[:, :, t0:t0 + new], k, v, attn_mask=mask, scale=scaling,
+                                           enable_gqa=gqa)
+        out[0, t0:t0 + new] = o[0].transpose(0, 1)
+    return out
+
+
 def slab_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-              is_causal: bool | None = None, lam_blocks: list[tuple[int, int, int]] | None = None, **kwargs):
-    """transformers attention function: sdpa, split by `lam_blocks` for one-token decode steps."""
+              is_causal: bool | None = None, lam_blocks: list[tuple[int, int, int]] | None = None,
+              lam_packed: PackedPlan | None = None, **kwargs):
+    """transformers attention function: sdpa, split by `lam_blocks` for one-token decode steps, or a packed
+    step's attention (`lam_packed`, see PackedPlan)."""
+    if lam_packed is not None:
+        if kwargs.get("position_bias") is not None:
+            raise ValueError("packed steps cannot apply position biases")
+        return packed_attention(lam_packed, query, key, value, scaling, key.shape[1] != query.shape[1]), None
     if (lam_blocks is None or query.shape[2] != 1 or len(lam_blocks) == 1 and lam_blocks[0][2] == 0
             or kwargs.get("position_bias") is not None):  # biases: leave them to transformers' sdpa
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

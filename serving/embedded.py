@@ -60,6 +60,7 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[tor
 
 
 PREFILL_THREAD_MODES = ("auto", "on", "off")
+PACKED_PREFILL_MODES = ("auto", "off")
 
 
 def usable_cpus() -> int:
@@ -82,7 +83,8 @@ class _Prefilled:
 class EmbeddedBackend:
     def __init__(self, model_dir: str, max_batch_size: int = 32, max_queue: int = 256,
                  num_threads: int | None = None, max_new_tokens_limit: int = 256, *, device: str = "auto",
-                 dtype: str = "auto", prefix_cache_mb: float = 256, prefill_thread: str = "auto"):
+                 dtype: str = "auto", prefix_cache_mb: float = 256, prefill_thread: str = "auto",
+                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
@@ -139,7 +141,17 @@ class EmbeddedBackend:
         self.stats = {"busy_s": 0.0, "busy_cpu_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "prefill_tokens": 0,
                       "prefill_padded_tokens": 0, "decode_tokens": 0, "decode_kv_tokens": 0,
                       "decode_kv_padded_tokens": 0, "decode_kv_read_tokens": 0, "requests": 0}
+        if packed_prefill not in PACKED_PREFILL_MODES:
+            raise ValueError(f"packed_prefill must be one of {', '.join(PACKED_PREFILL_MODES)}; "
+                             f"got {packed_prefill!r}")
+        if max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be at least 1; got {max_prefill_tokens}")
+        self.max_prefill_tokens = max_prefill_tokens
         self.prefill_thread = self._resolve_prefill_thread(prefill_thread)
+        # Prompts packed into the decode steps' forwards (without a prefill thread): set by the worker thread at
+        # start, once the model passes the check.
+        self.packed = False
+        self._packed_mode = "off" if self.prefill_thread or max_batch_size == 1 else packed_prefill
         self._threads = [threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)]
         if self.prefill_thread:
             self._threads.append(threading.Thread(target=self._prefill_loop, name="lam-embedded-prefill",
@@ -176,6 +188,25 @@ class EmbeddedBackend:
         # On a GPU both threads would queue on one device. With several intra-op threads the decode already has
         # the cores (two OpenMP teams would fight over them): auto only pairs two single-threaded workers.
         return mode == "on" or (mode == "auto" and possible and torch.get_num_threads() == 1 and usable_cpus() > 1)
+
+    def _check_packed(self) -> bool:
+        """Whether packed steps give this model's plain forward's logits: a 5-token prompt, then a decode step
+        packed with a second prompt, against each sequence run alone."""
+        a, b, c = [3, 1, 4, 1, 5], [9, 2, 6], [3, 1, 4, 1, 7, 8, 2]
+        try:
+            plain = torch.stack([self.model(input_ids=torch.tensor([x], device=self.device), use_cache=False)
+                                 .logits[0, -1].float() for x in (a + [5], b, c)])
+            cache = self._empty_batch(2)
+            _, mask, _ = self._packed_forward(cache, None, [], [], [(a, None, 0)])
+            prefix = kv_cache.row_kv(cache, 0, mask[0].nonzero().squeeze(1)[:4])  # c starts with a[:4]
+            logits, _, _ = self._packed_forward(cache, mask, [5], [5], [(b, None, 0), (c[4:], prefix, 4)])
+        except Exception as exc:  # a model whose forward does not take packed sequences
+            log.info("packed steps not used: %s", exc)
+            return False
+        ok = bool(torch.allclose(logits, plain, rtol=0.05, atol=0.05 * float(plain.abs().max()) + 1e-3))
+        if not ok:
+            log.info("packed steps not used: their logits differ from the model's plain forward")
+        return ok
 
     # ---------------------------------------------------------------- text helpers (any thread)
     def _eos_ids(self) -> set[int]:
@@ -273,8 +304,10 @@ class EmbeddedBackend:
         try:
             # Here, not in __init__: a forward in the constructing thread gave that thread an OpenMP team of
             # its own, and the worker's multi-threaded decode steps ran 20-40% slower beside it.
-            if self._slab and self.device.type == "cpu":
-                self.skip_padding = self._use_slab_attention()
+            with torch.inference_mode():
+                if self._slab and self.device.type == "cpu":
+                    self.skip_padding = self._use_slab_attention()
+                self.packed = self.skip_padding and self._packed_mode == "auto" and self._check_packed()
         finally:
             self._started.set()
         while True:
@@ -284,13 +317,18 @@ class EmbeddedBackend:
                     self._cv.wait()
                 if self._closing:
                     return
-                admitted = [] if self.prefill_thread else self._admit()
+                admitted = ([] if self.prefill_thread else
+                            self._admit(self.max_prefill_tokens if self.packed else None))
                 ready = list(self._ready)
                 self._ready.clear()
             wall, cpu = time.perf_counter(), time.thread_time()
             joining = [r.req for p in ready for r in p.rows]
             try:
                 with torch.inference_mode():
+                    if self.packed:  # one forward: every running row's next token and the admitted prompts
+                        self._packed_step(admitted)
+                        self._retire()
+                        admitted = []
                     if admitted:
                         try:
                             ready = list(self._prefill(admitted))
@@ -364,19 +402,21 @@ class EmbeddedBackend:
         head = self._pending[0]
         return head.cancelled or head.future.done() or head.params.n <= self.max_batch_size - self._slots
 
-    def _admit(self) -> list[Request]:
-        """Take pending requests whose rows fit (under _cv); new rows may only join a running batch if caches
-        can merge."""
+    def _admit(self, token_budget: int | None = None) -> list[Request]:
+        """Take pending requests whose rows fit (under _cv), and with `token_budget`, whose prompt tokens fit in
+        it (at least one request); new rows may only join a running batch if caches can merge."""
         if not self.prefill_thread and self._rows and not kv_cache.is_slab(self._cache):
             return []  # e.g. sliding-window caches: fall back to batching per round (never with a prefill thread)
         room, taken = self.max_batch_size - self._slots, []
         while self._pending:
             head = self._pending[0]
+            cost = len(head.prompt_ids) * head.params.n
             if head.cancelled or head.future.done():
                 self._pending.popleft()
-            elif head.params.n <= room:  # FIFO: a wide request is not overtaken by later ones
-                taken.append(self._pending.popleft())
+            elif head.params.n <= room and (token_budget is None or not taken or cost <= token_budget):
+                taken.append(self._pending.popleft())  # FIFO: a wide request is not overtaken by later ones
                 room -= head.params.n
+                token_budget = None if token_budget is None else token_budget - cost
             else:
                 break
         self._slots += sum(q.params.n for q in taken)
@@ -456,6 +496,110 @@ class EmbeddedBackend:
         for r, t in zip(rows, tokens):
             r.accept(t, self.eos_ids, self.decode)
         return _Prefilled(rows, cache, mask, tokens)
+
+    def _empty_batch(self, rows: int):
+        """An empty slab cache for `rows` rows, shaped by a one-token forward."""
+        probe = self._new_cache()
+        self.model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device), use_cache=True,
+                   **{self._cache_kw: probe})
+        return kv_cache.empty_batch(probe, rows, 256)
+
+    def _packed_forward(self, cache, mask: torch.Tensor | None, tokens: list[int], positions: list[int],
+                        prompts: list[tuple[list[int], list | None, int]]):
+        """One forward over a packed sequence, no padding: the next token of each of the cache's rows (`tokens`
+        at `positions`, `mask` their (rows, columns) attention mask) and the new tokens of each prompt, given
+        as (new tokens, cached prefix KV per layer or None, prefix length m). The prompts become rows after
+        the current ones. Returns float logits (one row per running row, then per prompt), the new mask and
+        the attention plan."""
+        n, layers = len(tokens), cache.layers
+        widths = [m + len(new) - 1 for new, _, m in prompts]  # each prompt's columns before this step's one
+        if prompts:
+            for li, layer in enumerate(layers):
+                layer.add_rows([kv[li] if kv is not None else None for _, kv, _ in prompts], widths)
+        width = layers[0].length  # columns before this step
+        old = mask if mask is not None else torch.zeros((0, width), dtype=torch.long, device=self.device)
+        if old.shape[1] < width:  # the slab grew left for a long prompt
+            old = torch.cat([old.new_zeros((old.shape[0], width - old.shape[1])), old], dim=1)
+        new_mask = old.new_zeros((len(prompts), width))
+        for j, w in enumerate(widths):
+            new_mask[j, width - w:] = 1
+        mask = torch.cat([torch.cat([old, new_mask]), old.new_ones((n + len(prompts), 1))], dim=1)
+        ids, pos, keep = list(tokens), list(positions), list(range(n))
+        plan = decode_attention.PackedPlan(n, [], None)
+        if n:
+            first = decode_attention.first_columns(mask[:n])
+            plan.blocks = decode_attention.plan_blocks(first, width + 1)
+            plan.decode_mask = mask[:n].bool()[:, None, None, :]
+        for j, (new, _, m) in enumerate(prompts):
+            plan.prompts.append((n + j, len(ids), len(new), width - widths[j]))
+            ids += new
+            pos += range(m, m + len(new))
+            keep.append(len(ids) - 1)
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        scatter = (n, [(row, t0, new) for row, t0, new, _ in plan.prompts])
+        for layer in layers:
+            layer.scatter = scatter
+        try:
+            out = self.model(input_ids=as_tensor(ids)[None], position_ids=as_tensor(pos)[None], use_cache=True,
+                             logits_to_keep=as_tensor(keep), lam_packed=plan, **{self._cache_kw: cache})
+        finally:
+            for layer in layers:
+                layer.scatter = None
+        return out.logits[0].float(), mask, plan
+
+    def _packed_step(self, admitted: list[Request]) -> None:
+        """The running rows' decode step and the admitted requests' prefill in one packed forward: the weights
+        are read once for both, and no prompt is padded (worker thread)."""
+        rows = self._rows
+        new_rows = [Row(q, i) for q in admitted for i in range(q.params.n)]
+        hits = {}
+        if self._prefix is not None and admitted:
+            with self._prefix_lock:
+                hits = {id(q): self._prefix.lookup(q.prompt_ids) for q in admitted}
+        prompts = []
+        for r in new_rows:
+            kv, m = hits.get(id(r.req), (None, 0))
+            prompts.append((r.req.prompt_ids[m:], kv, m))
+        if self._cache is None:
+            self._cache = self._empty_batch(self.max_batch_size)
+        t0 = time.perf_counter()
+        snap = kv_cache.snapshot(self._cache) if rows and kv_cache.is_slab(self._cache) else None
+        try:
+            logits, mask, plan = self._packed_forward(self._cache, self._mask if rows else None, self._next,
+                                                      [r.pos for r in rows], prompts)
+        except Exception as exc:
+            if not new_rows or snap is None:
+                raise
+            # The newcomers fail, not the running batch: back to the step before, and decode it alone.
+            log.exception("packed step with new prompts failed; the running rows decode without them")
+            kv_cache.rollback(self._cache, snap)
+            self._release(admitted, exc)
+            new_rows, prompts = [], []
+            logits, mask, plan = self._packed_forward(self._cache, self._mask, self._next, [r.pos for r in rows],
+                                                      [])
+        tokens = sample(logits, rows + new_rows)
+        elapsed = time.perf_counter() - t0
+        if rows:
+            self._observe(len(rows), "decode")
+        if new_rows:
+            self._observe(len(new_rows), "prefill")
+        for r in rows:
+            r.pos += 1
+        real = mask[:len(rows)]
+        with self._stats_lock:
+            self.stats["decode_s" if rows else "prefill_s"] += elapsed
+            self.stats["decode_tokens"] += len(rows)
+            self.stats["prefill_tokens"] += sum(len(p[0]) for p in prompts)
+            self.stats["prefill_padded_tokens"] += sum(len(p[0]) for p in prompts)
+            if rows:
+                self.stats["decode_kv_tokens"] += int(real.sum())
+                self.stats["decode_kv_padded_tokens"] += real.numel()
+                self.stats["decode_kv_read_tokens"] += sum((r1 - r0) * (real.shape[1] - c0)
+                                                           for r0, r1, c0 in plan.blocks)
+        self.joined_rows += len(new_rows) if rows else 0
+        self._rows, self._mask, self._next = rows + new_rows, mask, tokens
+        for r, t in zip(self._rows, tokens):
+            r.accept(t, self.eos_ids, self.decode)
 
     def _join(self, p: _Prefilled) -> None:
         """Add prefilled rows to the running batch (worker thread)."""

@@ -33,6 +33,9 @@ class SlabLayer(CacheLayerMixin):
         self.is_initialized = keys is not None
         self._k, self._v, self.start, self.length = keys, values, 0, length
         self.rows = 0 if keys is None else keys.shape[0]
+        # Set around a packed forward (serving/embedded.py): (decoding rows, [(row, first token, tokens), ...]).
+        self.scatter: tuple[int, list[tuple[int, int, int]]] | None = None
+        self.extended = False  # this packed step added its column (see rollback)
 
     @property
     def keys(self) -> torch.Tensor | None:
@@ -51,6 +54,8 @@ class SlabLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.scatter is not None:
+            return self._update_packed(key_states, value_states)
         new = key_states.shape[2]
         if self.start + self.length + new > self._k.shape[2]:  # a prefill's own cache gets no spare room
             spare = max(MIN_GROWTH, (self.length + new) // 2) if self.length else 0
@@ -61,6 +66,23 @@ class SlabLayer(CacheLayerMixin):
         self.length += new
         return self.keys, self.values
 
+    def _update_packed(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """A packed step ([1, heads, tokens, dim]): one new column for every row; the first `decode` tokens
+        are the next token of rows [0, decode), then each prompt (row, first token, tokens) fills its row's
+        last columns. Every row gets the new column."""
+        decode, prompts = self.scatter
+        if self.start + self.length + 1 > self._k.shape[2]:
+            self._realloc(self._k.shape[0], self.start, max(MIN_GROWTH, (self.length + 1) // 2))
+        self.length += 1
+        self.extended = True
+        end = self.start + self.length
+        for buf, new in ((self._k, key_states[0]), (self._v, value_states[0])):
+            if decode:
+                buf[:decode, :, end - 1] = new[:, :decode].transpose(0, 1)
+            for row, t0, n in prompts:
+                buf[row, :, end - n:end] = new[:, t0:t0 + n]
+        return self.keys, self.values
+
     def _realloc(self, rows: int, left: int, right: int) -> None:
         """New zeroed buffers with `rows` slots and `left` / `right` free columns around the filled part."""
         old_k, old_v, old = self.keys, self.values, self.rows
@@ -69,9 +91,9 @@ class SlabLayer(CacheLayerMixin):
         self._k[:old, :, left:left + self.length], self._v[:old, :, left:left + self.length] = old_k, old_v
         self.start = left
 
-    def append_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Add rows ([rows, heads, width, dim], right-aligned) after the current ones."""
-        n, width = keys.shape[0], keys.shape[2]
+    def _make_room(self, n: int, width: int) -> None:
+        """Room for `n` more rows right-aligned over `width` columns: the view grows left (existing rows get
+        zero padding) and the buffers are reallocated when the slack or the row slots run out."""
         if self.rows == 0:  # empty: the view will be centred, leaving room for wider newcomers and decode steps
             self.start, self.length = min(self._k.shape[2], (self._k.shape[2] + width) // 2), 0
         grow = max(0, width - self.length)  # columns the view must extend to the left
@@ -86,11 +108,29 @@ class SlabLayer(CacheLayerMixin):
             self.length += grow
             self._k[:self.rows, :, self.start:self.start + grow] = 0  # slack may hold trimmed columns
             self._v[:self.rows, :, self.start:self.start + grow] = 0
+
+    def append_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Add rows ([rows, heads, width, dim], right-aligned) after the current ones."""
+        n, width = keys.shape[0], keys.shape[2]
+        self._make_room(n, width)
         lo, hi = self.rows, self.rows + n
         pad, end = self.start + self.length - width, self.start + self.length
         self._k[lo:hi, :, self.start:pad], self._v[lo:hi, :, self.start:pad] = 0, 0  # a departed row's data
         self._k[lo:hi, :, pad:end], self._v[lo:hi, :, pad:end] = keys, values
         self.rows = hi
+
+    def add_rows(self, prefixes: list, widths: list[int]) -> None:
+        """Add rows for a packed step: row j is right-aligned over widths[j] columns and starts with
+        prefixes[j] ((K, V) of shape [heads, m, dim], or None); the rest of it is zeros, filled by the step."""
+        self._make_room(len(widths), max(widths))
+        lo, end = self.rows, self.start + self.length
+        for j, (prefix, width) in enumerate(zip(prefixes, widths)):
+            c = end - width
+            self._k[lo + j, :, self.start:c], self._v[lo + j, :, self.start:c] = 0, 0  # a departed row's data
+            if prefix is not None:
+                k, v = prefix
+                self._k[lo + j, :, c:c + k.shape[1]], self._v[lo + j, :, c:c + v.shape[1]] = k, v
+        self.rows = lo + len(widths)
 
     def keep_rows(self, keep: list[int]) -> list[int]:
         """Keep the rows `keep`, filling the gaps with rows from the end; returns the new order (old indices)."""
@@ -103,6 +143,12 @@ class SlabLayer(CacheLayerMixin):
             order[gap] = i
         self.rows = len(keep)
         return order[:self.rows]
+
+    def rollback(self, rows: int, length: int) -> None:
+        """Undo a failed packed step: back to the first `rows` rows and their `length` columns (the newest ones
+        but the column the step added, if it got that far)."""
+        end = self.start + self.length - (1 if self.extended else 0)
+        self.rows, self.start, self.length, self.extended = rows, end - length, length, False
 
     def drop_left(self, columns: int) -> None:
         """Forget the first `columns` columns (padding no remaining row needs); they become slack."""
@@ -198,6 +244,18 @@ def merge(cache_a, mask_a: torch.Tensor | None, cache_b, mask_b: torch.Tensor):
         return torch.cat([m.new_zeros((m.shape[0], width - m.shape[1])), m], dim=1) if m.shape[1] < width else m
 
     return cache_a, torch.cat([lpad(mask_a), lpad(mask_b)], dim=0)
+
+
+def snapshot(cache) -> list[tuple[int, int]]:
+    """Rows and columns of each layer, to `rollback` a packed step that failed."""
+    for layer in cache.layers:
+        layer.extended = False
+    return [(layer.rows, layer.length) for layer in cache.layers]
+
+
+def rollback(cache, snap: list[tuple[int, int]]) -> None:
+    for layer, (rows, length) in zip(cache.layers, snap):
+        layer.rollback(rows, length)
 
 
 def clear(cache) -> None:

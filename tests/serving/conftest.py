@@ -27,11 +27,11 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-lam"))
 
 
-def _backend(model_dir: str, prefill_thread: str):
+def _backend(model_dir: str, prefill_thread: str, packed_prefill: str = "off"):
     from serving.embedded import EmbeddedBackend
 
     return EmbeddedBackend(model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
-                           prefill_thread=prefill_thread)
+                           prefill_thread=prefill_thread, packed_prefill=packed_prefill)
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +50,20 @@ def sync_backend(tiny_model_dir):
     b.close()
 
 
-@pytest.fixture(params=["prefill-thread", "sync"])
+@pytest.fixture(scope="session")
+def packed_backend(tiny_model_dir):
+    """New prompts packed into the decode steps' forwards, in the one worker thread."""
+    b = _backend(tiny_model_dir, "off", "auto")
+    assert b.packed, "the tiny model must pass the packed-step check"
+    yield b
+    b.close()
+
+
+@pytest.fixture(params=["prefill-thread", "sync", "packed"])
 def any_backend(request):
-    """Both worker modes: prefill in its own thread, and prefill between decode steps."""
-    return request.getfixturevalue("backend" if request.param == "prefill-thread" else "sync_backend")
+    """Every worker mode: prefill in its own thread, between decode steps, and packed into them."""
+    return request.getfixturevalue({"prefill-thread": "backend", "sync": "sync_backend",
+                                    "packed": "packed_backend"}[request.param])
 
 
 class ThreadedServer:

@@ -136,7 +136,7 @@ def test_worker_survives_a_model_failure(any_backend, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("simulated model failure")
 
-    monkeypatch.setattr(backend, "_forward", broken)
+    monkeypatch.setattr(backend, "_packed_forward" if backend.packed else "_forward", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         backend.generate_sync(p, SamplingParams(max_tokens=4), 30)
     monkeypatch.undo()
@@ -166,14 +166,28 @@ def test_failed_prefill_of_a_newcomer_spares_the_running_batch(any_backend, monk
     p_long, p_new = chat_prompt(backend, "long runner"), chat_prompt(backend, "newcomer")
     monkeypatch.setattr(backend, "eos_ids", set())  # the runner must really run 120 steps
     expected = _solo(backend, [p_long], 120)[0].choices[0].token_ids
-    forward = backend._forward
+    if backend.packed:  # the newcomer's prompt is packed into a decode step of the runner: fail mid-forward,
+        import serving.decode_attention as da  # after its rows were added and some layers wrote their KV
 
-    def fail_prefills(ids, *a, **kw):
-        if ids.shape[1] > 1 and backend.active_rows:  # prefill while another request is running
-            raise RuntimeError("simulated prefill failure")
-        return forward(ids, *a, **kw)
+        attention, calls = da.packed_attention, []
 
-    monkeypatch.setattr(backend, "_forward", fail_prefills)
+        def fail_prefills(plan, *a):
+            if plan.prompts and plan.decode_rows:
+                calls.append(1)
+                if len(calls) == 2:
+                    raise RuntimeError("simulated prefill failure")
+            return attention(plan, *a)
+
+        monkeypatch.setattr(da, "packed_attention", fail_prefills)
+    else:
+        forward = backend._forward
+
+        def fail_prefills(ids, *a, **kw):
+            if ids.shape[1] > 1 and backend.active_rows:  # prefill while another request is running
+                raise RuntimeError("simulated prefill failure")
+            return forward(ids, *a, **kw)
+
+        monkeypatch.setattr(backend, "_forward", fail_prefills)
     running = backend.submit(p_long, SamplingParams(max_tokens=120, **GREEDY))
     deadline = time.monotonic() + 10
     while backend.active_rows == 0 and time.monotonic() < deadline:
@@ -268,3 +282,51 @@ def test_close_with_requests_in_the_prefill_thread_fails_them_all(tiny_model_dir
         with pytest.raises(Exception) as e:
             h.future.result(5)
         assert "shutting down" in str(e.value)
+
+
+def test_packed_steps_keep_outputs_and_admit_within_the_token_budget(tiny_model_dir, monkeypatch):
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=8, num_threads=1, prefill_thread="off",
+                        max_prefill_tokens=20)
+    try:
+        assert b.packed and not b.prefill_thread
+        prompts = _prompts(b, 8)
+        assert all(len(p) < 20 for p in prompts) and sum(len(p) for p in prompts[:3]) > 20
+        solo = _solo(b, prompts, 20)
+        steps, packed = [], b._packed_forward
+
+        def spy(cache, mask, tokens, positions, prompts):
+            steps.append((len(tokens), [len(p[0]) + p[2] for p in prompts]))
+            return packed(cache, mask, tokens, positions, prompts)
+
+        monkeypatch.setattr(b, "_packed_forward", spy)
+        handles = []
+        for p in prompts:  # staggered: later prompts are packed into the running rows' decode steps
+            handles.append(b.submit(p, SamplingParams(max_tokens=20, **GREEDY)))
+            time.sleep(0.005)
+        for h, s in zip(handles, solo):
+            assert h.future.result(60).choices[0].token_ids == s.choices[0].token_ids
+        with_prompts = [lens for _, lens in steps if lens]
+        assert sum(len(lens) for lens in with_prompts) == 8
+        assert all(sum(lens) <= 20 or len(lens) == 1 for lens in with_prompts), with_prompts
+        assert any(n and lens for n, lens in steps), "no prompt joined a decoding batch in the same forward"
+        assert b.stats["prefill_padded_tokens"] == b.stats["prefill_tokens"]  # packed: no prompt is padded
+    finally:
+        b.close()
+
+
+def test_packed_steps_are_off_when_they_would_change_the_logits(tiny_model_dir, monkeypatch):
+    import serving.decode_attention as da
+
+    monkeypatch.setattr(da, "packed_attention", lambda plan, q, k, v, *a: torch.zeros(
+        1, q.shape[2], q.shape[1], q.shape[3], dtype=q.dtype))  # a model whose packed forward is wrong
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=4, num_threads=1, prefill_thread="off")
+    try:
+        assert not b.packed and b.skip_padding
+        p = chat_prompt(b, "still served")
+        assert b.generate_sync(p, SamplingParams(max_tokens=5, **GREEDY), 30).completion_tokens == 5
+    finally:
+        b.close()
+    with pytest.raises(ValueError, match="packed_prefill must be one of auto, off"):
+        EmbeddedBackend(tiny_model_dir, num_threads=1, packed_prefill="on")
+    with pytest.raises(ValueError, match="max_prefill_tokens must be at least 1"):
+        EmbeddedBackend(tiny_model_dir, num_threads=1, max_prefill_tokens=0)

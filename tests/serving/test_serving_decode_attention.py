@@ -85,14 +85,25 @@ def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch
     # Very different prompt lengths: short rows would attend over 100+ padding columns.
     prompts = [chat_prompt(backend, ("long context " * 12 if i % 2 else "") + f"task {i}") for i in range(6)]
     solo = [backend.generate_sync(p, SamplingParams(max_tokens=20, temperature=0.0), timeout=60) for p in prompts]
-    plans, forward = [], backend._forward
+    plans = []
+    if backend.packed:
+        packed = backend._packed_forward
 
-    def spy(ids, *a, **kw):
-        if "lam_blocks" in kw:
-            plans.append(kw["lam_blocks"])
-        return forward(ids, *a, **kw)
+        def spy(*a):
+            out = packed(*a)
+            plans.append(out[2].blocks)
+            return out
 
-    monkeypatch.setattr(backend, "_forward", spy)
+        monkeypatch.setattr(backend, "_packed_forward", spy)
+    else:
+        forward = backend._forward
+
+        def spy(ids, *a, **kw):
+            if "lam_blocks" in kw:
+                plans.append(kw["lam_blocks"])
+            return forward(ids, *a, **kw)
+
+        monkeypatch.setattr(backend, "_forward", spy)
     before = dict(backend.stats)
     handles = [backend.submit(p, SamplingParams(max_tokens=20, temperature=0.0)) for p in prompts]
     for h, s in zip(handles, solo):

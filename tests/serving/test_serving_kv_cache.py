@@ -8,7 +8,7 @@ import torch
 from serving_tiny_model import chat_prompt
 
 from serving.embedded import SamplingParams
-from serving.kv_cache import SlabLayer
+from serving.kv_cache import SlabLayer, rollback, snapshot
 from serving.prefix_cache import BLOCK, PrefixCache
 
 
@@ -26,13 +26,15 @@ def _greedy(backend, prompt: list[int], n: int) -> list[int]:
     return backend.generate_sync(prompt, SamplingParams(max_tokens=n, temperature=0.0), 60).choices[0].token_ids
 
 
-def test_greedy_equals_transformers_generate(backend):
+def test_greedy_equals_transformers_generate(any_backend):
+    backend = any_backend
     for text in ("hello agent", "move left " * 9):
         p = chat_prompt(backend, text)
         assert _greedy(backend, p, 20) == _hf_greedy(backend, p, 20)
 
 
-def test_prefix_cache_hits_keep_outputs_exact(backend):
+def test_prefix_cache_hits_keep_outputs_exact(any_backend):
+    backend = any_backend
     base = chat_prompt(backend, "go to the red door " * 4)
     first = _greedy(backend, base, 12)  # its KV (prompt + completion) is now cached
     hits_before = backend._prefix.hit_tokens
@@ -64,6 +66,27 @@ def test_slab_rows_join_leave_and_grow():
     slab.append_rows(*_layer(4, 6, 3.0))  # reclaims the dropped columns, grows the row slots
     assert slab.keys.shape == (5, 2, 6, 4) and slab.keys[0, 0, :, 0].tolist() == [0, 0, 2, 2, 2, 9]
     assert torch.equal(slab.values[1:], torch.full((4, 2, 6, 4), 3.5))
+
+
+def test_slab_packed_step_places_every_token_and_rolls_back():
+    slab = SlabLayer(*_layer(2, 3, 1.0), length=3)
+    cache = type("Cache", (), {"layers": [slab]})()
+    snap = snapshot(cache)
+    # Row 2: a cached prefix of 2 then 3 new tokens; row 3: 2 new tokens; rows 0-1 decode one token each.
+    slab.add_rows([(torch.full((2, 2, 4), 5.0), torch.full((2, 2, 4), 5.5)), None], [2 + 3 - 1, 2 - 1])
+    assert slab.rows == 4 and slab.length == 4  # the view grew left for row 2
+    assert slab.keys[0, 0, :, 0].tolist() == [0, 1, 1, 1] and slab.keys[2, 0, :, 0].tolist() == [5, 5, 0, 0]
+    slab.scatter = (2, [(2, 2, 3), (3, 5, 2)])
+    tokens = torch.arange(7.0).view(1, 1, 7, 1).expand(1, 2, 7, 4)  # token t's K is t
+    k, v = slab.update(tokens, tokens + 0.5)
+    slab.scatter = None
+    assert k.shape == (4, 2, 5, 4)
+    assert [k[r, 1, :, 3].tolist() for r in range(4)] == [[0, 1, 1, 1, 0], [0, 1, 1, 1, 1], [5, 5, 2, 3, 4],
+                                                          [0, 0, 0, 5, 6]]
+    assert torch.equal(v - k, torch.full_like(k, 0.5)[:, :, :, :] * (k != 0) + (v - k) * (k == 0))
+    rollback(cache, snap)  # as if the forward had failed after this layer: the batch as it was
+    assert slab.rows == 2 and torch.equal(slab.keys, torch.ones(2, 2, 3, 4))
+    assert torch.equal(slab.values, torch.full((2, 2, 3, 4), 1.5))
 
 
 def test_prefix_cache_lookup_and_budget():
