@@ -5,6 +5,8 @@
     python bench/serve.py --tiny --rounds 1 --out /tmp/serve.json
     python bench/serve.py --tiny --preset small --dtype bfloat16 --phases serial,serial:2,batched
                                                    # also a one-at-a-time server on 2 torch threads, same run
+    python bench/serve.py --tiny --preset small --dtype bfloat16 --threads 2 --phases serial:2,batched,batched-unpacked
+                                                   # 2 threads each: packed prefill vs prefill between decode steps
 
 Each of `--clients` agents (threads, spread over `--client-procs` processes like a fleet of agent workers)
 runs real episodes (agent.episode.run_episode + agent.policies.ModelPolicy over the official `openai`

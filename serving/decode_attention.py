@@ -10,6 +10,10 @@ from the first column any of its rows needs; `slab_sdpa` (registered with transf
 ATTN_NAME) runs one scaled_dot_product_attention per run. The plan is made once per decode step from the
 attention mask and reaches every layer as the `lam_blocks` keyword of the model's forward; without it
 (prefill, other callers) the function is transformers' sdpa.
+
+A packed step (serving/embedded.py, packed prefill) sends a `PackedPlan` as `lam_packed` instead: the query is
+one sequence holding the running rows' next tokens and then the new tokens of each joining prompt, and
+`packed_attention` gives the first the runs above and each prompt causal attention over its own slab row.
 """
 from __future__ import annotations
 

@@ -15,6 +15,13 @@ prefills new requests while the worker decodes, and hands them over ready to joi
 compute-bound prefill runs on another core instead of stalling every running row (prefill and decode
 disaggregated, as DistServe or vLLM's disaggregated prefill do across GPUs).
 
+Packed prefill (`packed`, used when no prefill thread runs, e.g. with several torch threads): the admitted
+prompts' new tokens join the running rows' next tokens in one forward over a packed sequence, without
+padding (vLLM's mixed prefill/decode batches), so the weights are read once for both; each prompt attends
+causally over its own columns of the slab (serving/decode_attention.py). It is used only once a check at
+start shows this model's packed logits equal its plain forward's; `max_prefill_tokens` bounds the prompt
+tokens one step admits.
+
 Padding-skipping decode attention (`skip_padding`, on for sdpa models on a CPU): rows of the running batch
 are right-aligned to the longest one, and a CPU decode step is bound by reading K and V, so each decode
 step attends per run of rows from the first column the run needs (serving/decode_attention.py).
@@ -151,6 +158,8 @@ class EmbeddedBackend:
         # Prompts packed into the decode steps' forwards (without a prefill thread): set by the worker thread at
         # start, once the model passes the check.
         self.packed = False
+        # With a prefill thread too (packing what arrives while it is busy) the agent bench gained nothing
+        # (10.98 vs 10.97 steps/s, bench/RESULTS.md): one or the other.
         self._packed_mode = "off" if self.prefill_thread or max_batch_size == 1 else packed_prefill
         self._threads = [threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)]
         if self.prefill_thread:
@@ -325,11 +334,7 @@ class EmbeddedBackend:
             joining = [r.req for p in ready for r in p.rows]
             try:
                 with torch.inference_mode():
-                    if self.packed:  # one forward: every running row's next token and the admitted prompts
-                        self._packed_step(admitted)
-                        self._retire()
-                        admitted = []
-                    if admitted:
+                    if admitted and not self.packed:
                         try:
                             ready = list(self._prefill(admitted))
                         except Exception as exc:
@@ -339,7 +344,11 @@ class EmbeddedBackend:
                         self._join(p)
                     if ready:
                         self._retire()
-                    if self._rows:
+                    if self.packed and (self._rows or admitted):  # one forward: the rows' next tokens and prompts
+                        self._packed_step(admitted)
+                        admitted = []
+                        self._retire()
+                    elif self._rows:
                         self._decode_step()
                         self._retire()
             except Exception as exc:  # a model failure must not kill the worker: fail the affected requests

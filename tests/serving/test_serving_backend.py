@@ -136,7 +136,9 @@ def test_worker_survives_a_model_failure(any_backend, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("simulated model failure")
 
-    monkeypatch.setattr(backend, "_packed_forward" if backend.packed else "_forward", broken)
+    monkeypatch.setattr(backend, "_forward", broken)
+    if backend.packed:
+        monkeypatch.setattr(backend, "_packed_forward", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         backend.generate_sync(p, SamplingParams(max_tokens=4), 30)
     monkeypatch.undo()
@@ -179,15 +181,15 @@ def test_failed_prefill_of_a_newcomer_spares_the_running_batch(any_backend, monk
             return attention(plan, *a)
 
         monkeypatch.setattr(da, "packed_attention", fail_prefills)
-    else:
+    if backend.prefill_thread or not backend.packed:  # a prefill forward of its own
         forward = backend._forward
 
-        def fail_prefills(ids, *a, **kw):
+        def fail_prefill(ids, *a, **kw):
             if ids.shape[1] > 1 and backend.active_rows:  # prefill while another request is running
                 raise RuntimeError("simulated prefill failure")
             return forward(ids, *a, **kw)
 
-        monkeypatch.setattr(backend, "_forward", fail_prefills)
+        monkeypatch.setattr(backend, "_forward", fail_prefill)
     running = backend.submit(p_long, SamplingParams(max_tokens=120, **GREEDY))
     deadline = time.monotonic() + 10
     while backend.active_rows == 0 and time.monotonic() < deadline:

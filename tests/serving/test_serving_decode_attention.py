@@ -11,7 +11,7 @@ import torch
 from serving_tiny_model import chat_prompt
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from serving.decode_attention import first_columns, plan_blocks, slab_sdpa
+from serving.decode_attention import PackedPlan, first_columns, plan_blocks, slab_sdpa
 from serving.embedded import SamplingParams
 
 
@@ -77,6 +77,36 @@ def test_slab_sdpa_equals_sdpa_with_padding_gaps_and_gqa():
         want, _ = sdpa_attention_forward(_Heads(1), q, k, v, m, scaling=dim ** -0.5)
         got, _ = slab_sdpa(_Heads(1), q, k, v, m, scaling=dim ** -0.5, lam_blocks=blocks)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _attend(q, k, v, allowed):
+    """Reference attention, written out: q [heads, n, dim], k/v [kv_heads, columns, dim], allowed [n, columns]."""
+    k, v = (x.repeat_interleave(q.shape[0] // x.shape[0], dim=0) for x in (k, v))
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+def test_packed_attention_gives_each_token_its_own_rows_columns():
+    torch.manual_seed(0)
+    heads, kv_heads, width, dim = 4, 2, 30, 8
+    first = [0, 12, 25]  # decoding rows 0-2 (left padding), then prompts in rows 3 and 4
+    prompts = [(3, 3, 5, 20), (4, 8, 2, 27)]  # (row, first token, new tokens, first column)
+    k, v = torch.randn(5, kv_heads, width, dim), torch.randn(5, kv_heads, width, dim)
+    q = torch.randn(1, heads, 3 + 5 + 2, dim)
+    mask = torch.zeros(3, width, dtype=torch.bool)
+    for i, f in enumerate(first):
+        mask[i, f:] = True
+    plan = PackedPlan(3, plan_blocks(first, width, call_cost=0), mask[:, None, None, :], prompts)
+    got, _ = slab_sdpa(_Heads(heads // kv_heads), q, k, v, None, scaling=dim ** -0.5, lam_packed=plan)
+    assert got.shape == (1, 10, heads, dim)
+    for i in range(3):
+        want = _attend(q[0, :, i:i + 1], k[i], v[i], mask[i:i + 1])
+        torch.testing.assert_close(got[0, i], want[:, 0], rtol=1e-5, atol=1e-5)
+    for row, t0, new, c0 in prompts:  # causal over its own columns: token t sees columns c0 .. width - new + t
+        cols = torch.arange(width)
+        allowed = (cols >= c0) & (cols.unsqueeze(0) <= torch.arange(new).unsqueeze(1) + width - new)
+        want = _attend(q[0, :, t0:t0 + new], k[row], v[row], allowed)
+        torch.testing.assert_close(got[0, t0:t0 + new], want.transpose(0, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch):
