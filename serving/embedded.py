@@ -199,8 +199,9 @@ class EmbeddedBackend:
         return mode == "on" or (mode == "auto" and possible and torch.get_num_threads() == 1 and usable_cpus() > 1)
 
     def _check_packed(self) -> bool:
-        """Whether packed steps give this model's plain forward's logits: a 5-token prompt, then a decode step
-        packed with a second prompt, against each sequence run alone."""
+        """Whether packed steps give this model's plain forward's logits: a 5-token prompt, then its decode step
+        packed with two more prompts (one reusing the first's KV as a cached prefix), against each sequence run
+        alone."""
         a, b, c = [3, 1, 4, 1, 5], [9, 2, 6], [3, 1, 4, 1, 7, 8, 2]
         try:
             plain = torch.stack([self.model(input_ids=torch.tensor([x], device=self.device), use_cache=False)

@@ -121,7 +121,8 @@ class SlabLayer(CacheLayerMixin):
 
     def add_rows(self, prefixes: list, widths: list[int]) -> None:
         """Add rows for a packed step: row j is right-aligned over widths[j] columns and starts with
-        prefixes[j] ((K, V) of shape [heads, m, dim], or None); the rest of it is zeros, filled by the step."""
+        prefixes[j] ((K, V) of shape [heads, m, dim], or None); the step writes the columns after the prefix,
+        and the padding left of the row is zeroed."""
         self._make_room(len(widths), max(widths))
         lo, end = self.rows, self.start + self.length
         for j, (prefix, width) in enumerate(zip(prefixes, widths)):

@@ -122,7 +122,8 @@ def add_server_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="transformers backend without a prefill thread: new prompts join the running batch's "
                         "decode step in one forward, unpadded (auto: on a CPU when the model passes a check)")
     p.add_argument("--max-prefill-tokens", type=int, default=2048,
-                   help="packed prefill: prompt tokens admitted into one step (a longer prompt goes alone)")
+                   help="packed prefill: prompt tokens (times n, before prefix-cache hits) admitted into one "
+                        "step; a longer request goes alone")
     p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
     p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)

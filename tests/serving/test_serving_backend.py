@@ -312,6 +312,8 @@ def test_packed_steps_keep_outputs_and_admit_within_the_token_budget(tiny_model_
         assert all(sum(lens) <= 20 or len(lens) == 1 for lens in with_prompts), with_prompts
         assert any(n and lens for n, lens in steps), "no prompt joined a decoding batch in the same forward"
         assert b.stats["prefill_padded_tokens"] == b.stats["prefill_tokens"]  # packed: no prompt is padded
+        wide = b.submit(prompts[0], SamplingParams(max_tokens=20, n=3, **GREEDY)).future.result(60)
+        assert [c.token_ids for c in wide.choices] == [solo[0].choices[0].token_ids] * 3  # n rows, one prompt
     finally:
         b.close()
 
