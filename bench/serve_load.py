@@ -134,6 +134,18 @@ def run_load(base_url: str, model: str, requests: int = 2000, concurrency: int =
     return out
 
 
+def _prefill_mode(base_url: str) -> str:
+    """How the server prefills, from its /metrics: 'thread', 'packed', 'between steps' (or 'unknown')."""
+    import httpx
+
+    try:
+        text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return "unknown"
+    on = {line.split()[0] for line in text.splitlines() if line.endswith(" 1.0")}
+    return "thread" if "lam_prefill_thread" in on else "packed" if "lam_packed_prefill" in on else "between steps"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
@@ -163,7 +175,7 @@ def main() -> None:
                                              extra_args=["--log-level", "warning"])
             base_url, model, pid = handle.base_url, handle.model_name, handle.pid
         summary = run_load(base_url, model, a.requests, a.concurrency, a.max_tokens, a.api_key, pid)
-        summary.update(model=model, base_url=base_url)
+        summary.update(model=model, base_url=base_url, prefill=_prefill_mode(base_url))
         line = json.dumps(summary)
         print(line)
         if a.out:
