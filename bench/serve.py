@@ -7,13 +7,15 @@
                                                    # also a one-at-a-time server on 2 torch threads, same run
     python bench/serve.py --tiny --preset small --dtype bfloat16 --threads 2 --phases serial:2,batched,batched-unpacked
                                                    # 2 threads each: packed prefill vs prefill between decode steps
+    python bench/serve.py --tiny --preset small --dtype bfloat16 --phases serial,serial:2,batched,batched-1replica
+                                                   # one replica per core vs one batch with a prefill thread
 
 Each of `--clients` agents (threads, spread over `--client-procs` processes like a fleet of agent workers)
 runs real episodes (agent.episode.run_episode + agent.policies.ModelPolicy over the official `openai`
 client + envs.babyai.BabyAIEnv) against embedded-backend servers started as subprocesses: one with
 `--max-batch-size 1` (every request served alone, the baseline) and one with `--max-batch-size CLIENTS`
-(continuous batching; with `--threads 1` on a machine with more cores it prefills in a second thread
-beside its decode steps, see `--prefill-thread`). The same clients and tasks run against each in turn,
+(continuous batching; with `--threads 1` on a machine with more cores it runs one replica, a batch with a
+worker thread of its own, per core, see `--replicas`). The same clients and tasks run against each in turn,
 `--rounds` times, so load from other processes on the machine hits both alike; each turn has a warm-up,
 then a measured window. The
 figure of merit is agent steps/s (a step is one environment decision, including its grounding retries),
@@ -175,12 +177,12 @@ def _server_stats(root_url: str) -> dict:
     v = {}
     for line in httpx.get(root_url + "/metrics", timeout=30).text.splitlines():
         if line.startswith(("lam_batch_size_sum", "lam_batch_size_count", "lam_prefix_cache", "lam_worker_",
-                            "lam_prefill_thread", "lam_packed_prefill")):
+                            "lam_prefill_thread", "lam_packed_prefill", "lam_replicas")):
             name, value = line.rsplit(" ", 1)
             v[name] = float(value)
     out = {"prefix_cache_hit_ratio": round(v.get("lam_prefix_cache_hit_ratio", 0.0), 3),
            "prefill_thread": bool(v.get("lam_prefill_thread", 0.0)),
-           "packed_prefill": bool(v.get("lam_packed_prefill", 0.0))}
+           "packed_prefill": bool(v.get("lam_packed_prefill", 0.0)), "replicas": int(v.get("lam_replicas", 1))}
     for phase in ("prefill", "decode"):
         n = v.get(f'lam_batch_size_count{{phase="{phase}"}}')
         if n:
@@ -209,7 +211,7 @@ def emit(summary: dict, out: str | None) -> None:
         Path(out).write_text(line + "\n")
 
 
-BATCHED_KINDS = ("batched", "batched-unpacked")
+BATCHED_KINDS = ("batched", "batched-unpacked", "batched-1replica")
 
 
 def parse_phases(spec: str, clients: int, threads: int) -> dict[str, tuple[int, int]]:
@@ -217,14 +219,15 @@ def parse_phases(spec: str, clients: int, threads: int) -> dict[str, tuple[int, 
 
     'serial' serves one request at a time on --threads threads, 'serial:N' on N, 'batched' batches up to
     `clients` rows on --threads ('batched:N' on N); 'batched-unpacked[:N]' is the same with
-    `--packed-prefill off`."""
+    `--packed-prefill off`, 'batched-1replica[:N]' with `--replicas 1`."""
     out = {}
     for name in (p.strip() for p in spec.split(",") if p.strip()):
         kind, _, n = name.partition(":")
         if kind in ("serial", *BATCHED_KINDS) and (not n or n.isdigit() and int(n) > 0):
             out[name] = (1 if kind == "serial" else clients, int(n) if n else threads)
         else:
-            raise SystemExit("Error: --phases takes serial, batched and batched-unpacked, each optionally :N "
+            raise SystemExit("Error: --phases takes serial, batched, batched-unpacked and batched-1replica, each "
+                             "optionally :N "
                              f"(N torch threads); got {name!r}")
     if not out:
         raise SystemExit("Error: --phases is empty")
@@ -249,6 +252,8 @@ def main() -> None:
                    help="the batched server's --prefill-thread (auto: on with --threads 1 and another core free)")
     p.add_argument("--packed-prefill", default="auto", choices=["auto", "off"],
                    help="the batched server's --packed-prefill (used without a prefill thread)")
+    p.add_argument("--replicas", default="auto",
+                   help="the batched server's --replicas (auto: one per core with --threads 1)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="server dtype (auto: float32 on CPU; bfloat16 uses AMX where the CPU has it)")
     p.add_argument("--max-tokens", type=int, default=16, help="ModelPolicy's max_tokens (its default: 16)")
@@ -273,7 +278,7 @@ def main() -> None:
     summary = {"model": model_dir, "random_preset": a.preset if built else None, "clients": a.clients,
                "client_procs": a.client_procs, "dtype": a.dtype,
                "seconds": a.seconds, "rounds": a.rounds, "threads": a.threads,
-               "prefill_thread": a.prefill_thread, "packed_prefill": a.packed_prefill,
+               "prefill_thread": a.prefill_thread, "packed_prefill": a.packed_prefill, "replicas": a.replicas,
                "max_tokens": a.max_tokens,
                "temperature": a.temperature, "level": LEVEL,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -283,7 +288,9 @@ def main() -> None:
     try:
         for phase, (batch, threads) in phases.items():  # all servers stay up; idle ones wait on a condition
             packed = "off" if phase.startswith("batched-unpacked") else a.packed_prefill
-            extra = ["--prefill-thread", a.prefill_thread, "--packed-prefill", packed] if batch > 1 else []
+            replicas = "1" if phase.startswith("batched-1replica") else a.replicas
+            extra = (["--prefill-thread", a.prefill_thread, "--packed-prefill", packed, "--replicas", replicas]
+                     if batch > 1 else [])
             servers[phase] = start_server_subprocess(model_dir, threads=threads, max_batch_size=batch, timeout=900,
                                                      extra_args=["--log-level", "warning", "--dtype", a.dtype, *extra])
         for rnd in range(a.rounds):  # alternate phases so load from other processes hits both alike

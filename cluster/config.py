@@ -55,6 +55,7 @@ class ServeSection(_Strict):
     max_batch_size: int = 32
     prefill_thread: Literal["auto", "on", "off"] = "auto"  # embedded backend: `lam serve --prefill-thread`
     packed_prefill: Literal["auto", "off"] = "auto"  # embedded backend: `lam serve --packed-prefill`
+    replicas: int | Literal["auto"] = "auto"  # embedded backend: `lam serve --replicas`
 
 
 class EvalSection(_Strict):

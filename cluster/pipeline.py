@@ -52,7 +52,8 @@ def _with_server(cfg: PipelineConfig, export: str, fn):
     server = start_server_subprocess(export, threads=cfg.serve.threads, max_batch_size=cfg.serve.max_batch_size,
                                      backend=cfg.serve.backend, port=cfg.serve.port, model_name=SERVED_NAME,
                                      extra_args=["--prefill-thread", cfg.serve.prefill_thread,
-                                                 "--packed-prefill", cfg.serve.packed_prefill])
+                                                 "--packed-prefill", cfg.serve.packed_prefill,
+                                                 "--replicas", str(cfg.serve.replicas)])
     console.print(f"[bold]serve[/]: {export} at {server.base_url} (pid {server.pid})")
     try:
         return fn(server.base_url)

@@ -10,10 +10,11 @@ row. Rows leave the batch as soon as they hit eos, a stop string or their token 
 never wait for long ones. A finished row's KV is kept in a prefix cache (serving/prefix_cache.py): an agent's
 next prompt extends its last one, so only the new tokens are prefilled.
 
-Overlapped prefill (`prefill_thread`, on by default on a CPU when torch runs one thread and a core is free): a second thread admits and
-prefills new requests while the worker decodes, and hands them over ready to join the batch, so the
-compute-bound prefill runs on another core instead of stalling every running row (prefill and decode
-disaggregated, as DistServe or vLLM's disaggregated prefill do across GPUs).
+Overlapped prefill (`prefill_thread`; 'auto' turns it on on a CPU when torch runs one thread, a core is free
+and there is one replica): a second thread admits and prefills new requests while the worker decodes, and
+hands them over ready to join the batch, so the compute-bound prefill runs on another core instead of
+stalling every running row (prefill and decode disaggregated, as DistServe or vLLM's disaggregated prefill
+do across GPUs).
 
 Packed prefill (`packed`, used when no prefill thread runs, e.g. with several torch threads): the admitted
 prompts' new tokens join the running rows' next tokens in one forward over a packed sequence, without
@@ -21,6 +22,10 @@ padding (vLLM's mixed prefill/decode batches), so the weights are read once for 
 causally over its own columns of the slab (serving/decode_attention.py). It is used only once a check at
 start shows this model's packed logits equal its plain forward's; `max_prefill_tokens` bounds the prompt
 tokens one step admits.
+
+Replicas (`replicas`, on a CPU with one torch thread: one per core): several batches decoded side by side,
+each run by a worker thread of its own, sharing the model, the request queue, the prefix cache and the
+stats (data parallelism inside one server; a prompt joins whichever replica admits it first).
 
 Padding-skipping decode attention (`skip_padding`, on for sdpa models on a CPU): rows of the running batch
 are right-aligned to the longest one, and a CPU decode step is bound by reading K and V, so each decode
@@ -91,7 +96,7 @@ class EmbeddedBackend:
     def __init__(self, model_dir: str, max_batch_size: int = 32, max_queue: int = 256,
                  num_threads: int | None = None, max_new_tokens_limit: int = 256, *, device: str = "auto",
                  dtype: str = "auto", prefix_cache_mb: float = 256, prefill_thread: str = "auto",
-                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048):
+                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048, replicas: int | str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
@@ -117,13 +122,7 @@ class EmbeddedBackend:
         self._tok_lock = threading.Lock()
         self._cv = threading.Condition()
         self._pending: deque[Request] = deque()
-        self._ready: deque[_Prefilled] = deque()  # prefilled by the prefill thread, not yet in the batch
-        self._slots = 0  # rows admitted and not retired (prefilling, ready or in the batch); under _cv
-        self._prefilling = 0  # rows the prefill thread is working on; under _cv
-        self._rows: list[Row] = []
-        self._cache = None
-        self._mask: torch.Tensor | None = None  # (rows, kv_len) 1 = real token
-        self._next: list[int] = []  # last sampled token per row = next decode input
+        self._init_batch()
         # Slab caches (serving/kv_cache.py) let rows join a running batch and reuse cached prefixes; models
         # with other cache layers (sliding windows, ...) are batched per round without either.
         self._slab = kv_cache.is_slab_config(self.model.config)
@@ -133,14 +132,12 @@ class EmbeddedBackend:
         # CPU only, where decode attention is bound by reading KV; on a GPU the extra kernel
         # launches would be paid for columns that cost little to read. Set up by the worker thread (below).
         self.skip_padding = False
-        self._started = threading.Event()
         self._stats_lock = threading.Lock()
         # Largest share of a prefill batch that may be padding before it is split by prompt length: on CPU
         # padding costs its full compute, on a GPU a wider batch is nearly free.
         self._max_padding = 0.5 if self.device.type == "cuda" else 0.2
-        self._closing = False
         self.on_batch: Callable[[int, str], None] | None = None  # metrics hook: (rows, 'prefill'|'decode')
-        self.max_batch_seen = 0  # largest forward batch so far (rows)
+        self.max_batch_seen = 0  # largest forward batch so far (rows), over all replicas
         self.joined_rows = 0  # rows that joined an already running batch (continuous batching)
         # Worker totals for /metrics and benchmarks: wall and CPU seconds busy (CPU time stays meaningful on a
         # shared machine; summed over the worker and the prefill thread), seconds in forward passes, prompt tokens
@@ -154,13 +151,20 @@ class EmbeddedBackend:
         if max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens must be at least 1; got {max_prefill_tokens}")
         self.max_prefill_tokens = max_prefill_tokens
+        # Replicas: on a CPU with one torch thread, one batch per core, each run by a worker thread of its own
+        # (data parallel: they share the model, the queue and the prefix cache); max_batch_size is split
+        # between them.
+        self.replicas = self._resolve_replicas(replicas, prefill_thread)
+        self.max_batch_size = max_batch_size // self.replicas
+        self._primary: EmbeddedBackend | None = None  # set on the other replicas
+        self._replicas = [self]
         self.prefill_thread = self._resolve_prefill_thread(prefill_thread)
         # Prompts packed into the decode steps' forwards (without a prefill thread): set by the worker thread at
         # start, once the model passes the check.
         self.packed = False
         # With a prefill thread too (packing what arrives while it is busy) the agent bench gained nothing
         # (10.98 vs 10.97 steps/s, bench/RESULTS.md): one or the other.
-        self._packed_mode = "off" if self.prefill_thread or max_batch_size == 1 else packed_prefill
+        self._packed_mode = "off" if self.prefill_thread or self.max_batch_size == 1 else packed_prefill
         self._threads = [threading.Thread(target=self._loop, name="lam-embedded-worker", daemon=True)]
         if self.prefill_thread:
             self._threads.append(threading.Thread(target=self._prefill_loop, name="lam-embedded-prefill",
@@ -168,6 +172,55 @@ class EmbeddedBackend:
         for t in self._threads:
             t.start()
         self._started.wait()
+        for i in range(1, self.replicas):
+            self._replicas.append(self._replica(i))
+
+    def _init_batch(self) -> None:
+        """The state of one batch (one per replica)."""
+        self._ready: deque[_Prefilled] = deque()  # prefilled by the prefill thread, not yet in the batch
+        self._slots = 0  # rows admitted and not retired (prefilling, ready or in the batch); under _cv
+        self._prefilling = 0  # rows the prefill thread is working on; under _cv
+        self._rows: list[Row] = []
+        self._cache = None
+        self._mask: torch.Tensor | None = None  # (rows, kv_len) 1 = real token
+        self._next: list[int] = []  # last sampled token per row = next decode input
+        self._started = threading.Event()
+        self._closing = False
+
+    def _replica(self, i: int) -> EmbeddedBackend:
+        """Another batch with its own worker thread, sharing everything else with this backend (the model,
+        tokenizer, queue, prefix cache, stats and the attention decisions its worker made at start)."""
+        r = object.__new__(EmbeddedBackend)
+        r.__dict__.update(self.__dict__)
+        r._init_batch()
+        r._primary, r._replicas = self, [r]
+        r._threads = [threading.Thread(target=r._loop, name=f"lam-embedded-worker-{i}", daemon=True)]
+        r._threads[0].start()
+        r._started.wait()
+        return r
+
+    def _resolve_replicas(self, replicas: int | str, prefill_thread: str) -> int:
+        """'auto': on a CPU with one torch thread, one replica per usable core, keeping at least 16 rows each."""
+        possible = self._slab and self.device.type == "cpu"
+        if replicas == "auto":
+            if not possible or prefill_thread == "on" or torch.get_num_threads() != 1:
+                return 1
+            return max(1, min(usable_cpus(), self.max_batch_size // 16))
+        try:
+            n = int(replicas)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise ValueError(f"replicas must be 'auto' or a positive integer; got {replicas!r}")
+        if n > 1 and not possible:
+            raise ValueError("replicas > 1 need a CPU device and a model whose layers are all full attention "
+                             "(slab KV cache)")
+        if n > 1 and prefill_thread == "on":
+            raise ValueError("replicas > 1 and prefill_thread 'on' cannot be combined: each replica prefills "
+                             "in its own worker")
+        if n > self.max_batch_size:
+            raise ValueError(f"replicas ({n}) cannot exceed max_batch_size ({self.max_batch_size})")
+        return n
 
     def _use_slab_attention(self) -> bool:
         """Switch sdpa models to decode_attention.slab_sdpa (same math, skips left padding in decode steps);
@@ -196,7 +249,8 @@ class EmbeddedBackend:
                              "are all full attention (slab KV cache)")
         # On a GPU both threads would queue on one device. With several intra-op threads the decode already has
         # the cores (two OpenMP teams would fight over them): auto only pairs two single-threaded workers.
-        return mode == "on" or (mode == "auto" and possible and torch.get_num_threads() == 1 and usable_cpus() > 1)
+        return mode == "on" or (mode == "auto" and possible and self.replicas == 1 and torch.get_num_threads() == 1
+                                and usable_cpus() > 1)
 
     def _check_packed(self) -> bool:
         """Whether packed steps give this model's plain forward's logits: a 5-token prompt, then its decode step
@@ -250,7 +304,7 @@ class EmbeddedBackend:
 
     @property
     def active_rows(self) -> int:
-        return len(self._rows)
+        return sum(len(r._rows) for r in self._replicas)
 
     def validate(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "messages") -> int:
         """Check a request against the model limits; returns the token budget of each choice."""
@@ -298,6 +352,8 @@ class EmbeddedBackend:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker; queued and running requests fail with BackendClosedError."""
+        for r in self._replicas[1:]:
+            r.close(timeout)
         with self._cv:
             self._closing = True
             self._cv.notify_all()
@@ -314,10 +370,11 @@ class EmbeddedBackend:
         try:
             # Here, not in __init__: a forward in the constructing thread gave that thread an OpenMP team of
             # its own, and the worker's multi-threaded decode steps ran 20-40% slower beside it.
-            with torch.inference_mode():
-                if self._slab and self.device.type == "cpu":
-                    self.skip_padding = self._use_slab_attention()
-                self.packed = self.skip_padding and self._packed_mode == "auto" and self._check_packed()
+            if self._primary is None:  # other replicas take the first one's decisions
+                with torch.inference_mode():
+                    if self._slab and self.device.type == "cpu":
+                        self.skip_padding = self._use_slab_attention()
+                    self.packed = self.skip_padding and self._packed_mode == "auto" and self._check_packed()
         finally:
             self._started.set()
         while True:
@@ -606,7 +663,8 @@ class EmbeddedBackend:
                 self.stats["decode_kv_padded_tokens"] += real.numel()
                 self.stats["decode_kv_read_tokens"] += sum((r1 - r0) * (real.shape[1] - c0)
                                                            for r0, r1, c0 in plan.blocks)
-        self.joined_rows += len(new_rows) if rows else 0
+        if rows:
+            (self._primary or self).joined_rows += len(new_rows)
         self._rows, self._mask, self._next = rows + new_rows, mask, tokens
         for r, t in zip(self._rows, tokens):
             r.accept(t, self.eos_ids, self.decode)
@@ -616,7 +674,7 @@ class EmbeddedBackend:
         if self._slab:  # the batch's slab is allocated once and then reused
             if self._cache is None:
                 self._cache = kv_cache.empty_batch(p.cache, self.max_batch_size, max(256, 2 * p.mask.shape[1]))
-            self.joined_rows += len(p.rows) if self._rows else 0
+            (self._primary or self).joined_rows += len(p.rows) if self._rows else 0
             self._cache, self._mask = kv_cache.merge(self._cache, self._mask if self._rows else None, p.cache,
                                                      p.mask)
             self._rows += p.rows
@@ -651,9 +709,10 @@ class EmbeddedBackend:
             r.accept(t, self.eos_ids, self.decode)
 
     def _observe(self, rows: int, phase: str) -> None:
-        self.max_batch_seen = max(self.max_batch_seen, rows)
-        if self.on_batch is not None:
-            self.on_batch(rows, phase)
+        owner = self._primary or self  # the backend the server and its metrics hold
+        owner.max_batch_seen = max(owner.max_batch_seen, rows)
+        if owner.on_batch is not None:
+            owner.on_batch(rows, phase)
 
     def _retire(self) -> None:
         """Drop finished/cancelled rows from the batch and resolve requests whose rows are all done."""

@@ -40,6 +40,9 @@ class ServingMetrics:
             if hasattr(backend, "prefill_thread"):
                 Gauge("lam_prefill_thread", "1 when prompts are prefilled in a thread beside the decode steps",
                       registry=r).set(int(bool(backend.prefill_thread)))
+            if hasattr(backend, "replicas"):
+                Gauge("lam_replicas", "Batches decoded side by side, one worker thread each",
+                      registry=r).set(backend.replicas)
             if hasattr(backend, "packed"):
                 Gauge("lam_packed_prefill", "1 when new prompts are packed into the decode steps' forwards",
                       registry=r).set(int(bool(backend.packed)))

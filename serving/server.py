@@ -36,7 +36,8 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
           model_name: str | None = None, max_queue: int = 256, max_new_tokens_limit: int = 256,
           vllm_bin: str | None = None, chat_template: str | None = None, graceful_timeout: float = 30.0,
           log_level: str = "info", device: str = "auto", dtype: str = "auto", prefix_cache_mb: float = 256,
-          prefill_thread: str = "auto", packed_prefill: str = "auto", max_prefill_tokens: int = 2048) -> None:
+          prefill_thread: str = "auto", packed_prefill: str = "auto", max_prefill_tokens: int = 2048,
+          replicas: str = "auto") -> None:
     """Run the server in the foreground until SIGINT/SIGTERM. api_key defaults to env LAM_API_KEY."""
     api_key = api_key if api_key is not None else (os.environ.get("LAM_API_KEY") or None)
     name = model_name or default_model_name(model_dir)
@@ -62,15 +63,17 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
         engine = EmbeddedBackend(model_dir, max_batch_size=max_batch_size, max_queue=max_queue,
                                  num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit, device=device,
                                  dtype=dtype, prefix_cache_mb=prefix_cache_mb, prefill_thread=prefill_thread,
-                                 packed_prefill=packed_prefill, max_prefill_tokens=max_prefill_tokens)
+                                 packed_prefill=packed_prefill, max_prefill_tokens=max_prefill_tokens,
+                                 replicas=replicas)
     except ValueError as e:  # a setting this model or device cannot take (e.g. --prefill-thread on with batch 1)
         raise SystemExit(f"Error: {e}") from None
     app = create_app(engine, name, api_key=api_key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
-    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, batch<=%d, prefill %s, "
-             "decode attention %s)",
-             model_dir, name, host, port, engine.device, str(engine.dtype).removeprefix("torch."), max_batch_size,
+    log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, %d replica(s) of batch<=%d, "
+             "prefill %s, decode attention %s)",
+             model_dir, name, host, port, engine.device, str(engine.dtype).removeprefix("torch."), engine.replicas,
+             engine.max_batch_size,
              "in its own thread" if engine.prefill_thread else
              "packed into the decode steps" if engine.packed else "between decode steps",
              "skips left padding" if engine.skip_padding else "sdpa over the whole batch")
@@ -124,6 +127,10 @@ def add_server_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-prefill-tokens", type=int, default=2048,
                    help="packed prefill: prompt tokens (times n, before prefix-cache hits) admitted into one "
                         "step; a longer request goes alone")
+    p.add_argument("--replicas", default="auto",
+                   help="transformers backend on a CPU: batches decoded side by side, one worker thread each, "
+                        "sharing the model, queue and prefix cache; --max-batch-size is split between them "
+                        "(auto: one per core with --num-threads 1, at least 16 rows each)")
     p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
     p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
@@ -139,7 +146,7 @@ def run_from_args(a: argparse.Namespace) -> None:
           chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level,
           device=a.device, dtype=a.dtype, prefix_cache_mb=a.prefix_cache_mb,
           prefill_thread=a.prefill_thread, packed_prefill=a.packed_prefill,
-          max_prefill_tokens=a.max_prefill_tokens)
+          max_prefill_tokens=a.max_prefill_tokens, replicas=a.replicas)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,11 +27,11 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-lam"))
 
 
-def _backend(model_dir: str, prefill_thread: str, packed_prefill: str = "off"):
+def _backend(model_dir: str, prefill_thread: str, packed_prefill: str = "off", replicas: int = 1):
     from serving.embedded import EmbeddedBackend
 
     return EmbeddedBackend(model_dir, max_batch_size=32, num_threads=THREADS, max_new_tokens_limit=256,
-                           prefill_thread=prefill_thread, packed_prefill=packed_prefill)
+                           prefill_thread=prefill_thread, packed_prefill=packed_prefill, replicas=replicas)
 
 
 @pytest.fixture(scope="session")
@@ -59,11 +59,21 @@ def packed_backend(tiny_model_dir):
     b.close()
 
 
-@pytest.fixture(params=["prefill-thread", "sync", "packed"])
+@pytest.fixture(scope="session")
+def replicated_backend(tiny_model_dir):
+    """Two packed batches side by side, one worker thread each, sharing the queue and the prefix cache."""
+    b = _backend(tiny_model_dir, "off", "auto", replicas=2)
+    assert b.replicas == 2 and b.packed and len(b._replicas) == 2 and b.max_batch_size == 16
+    yield b
+    b.close()
+
+
+@pytest.fixture(params=["prefill-thread", "sync", "packed", "replicas"])
 def any_backend(request):
-    """Every worker mode: prefill in its own thread, between decode steps, and packed into them."""
+    """Every worker mode: prefill in its own thread, between decode steps, packed into them, and two packed
+    replicas."""
     return request.getfixturevalue({"prefill-thread": "backend", "sync": "sync_backend",
-                                    "packed": "packed_backend"}[request.param])
+                                    "packed": "packed_backend", "replicas": "replicated_backend"}[request.param])
 
 
 class ThreadedServer:

@@ -81,3 +81,9 @@ def chat_prompt(backend, text: str) -> list[int]:
 
 if __name__ == "__main__":
     print(build_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tiny-lam"))
+
+
+def patch_replicas(monkeypatch, backend, name: str, value) -> None:
+    """monkeypatch.setattr on every replica of an EmbeddedBackend (each runs a worker thread of its own)."""
+    for replica in getattr(backend, "_replicas", [backend]):
+        monkeypatch.setattr(replica, name, value)

@@ -4,13 +4,15 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import torch
-from serving_tiny_model import chat_prompt
+from serving_tiny_model import chat_prompt, patch_replicas
 
-from serving.embedded import EmbeddedBackend, PromptValidationError, QueueFullError, SamplingParams, usable_cpus
+from serving.embedded import (BackendClosedError, EmbeddedBackend, PromptValidationError, QueueFullError,
+                              SamplingParams, usable_cpus)
 
 GREEDY = dict(temperature=0.0)
 
@@ -136,9 +138,9 @@ def test_worker_survives_a_model_failure(any_backend, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("simulated model failure")
 
-    monkeypatch.setattr(backend, "_forward", broken)
+    patch_replicas(monkeypatch, backend, "_forward", broken)
     if backend.packed:
-        monkeypatch.setattr(backend, "_packed_forward", broken)
+        patch_replicas(monkeypatch, backend, "_packed_forward", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         backend.generate_sync(p, SamplingParams(max_tokens=4), 30)
     monkeypatch.undo()
@@ -166,15 +168,15 @@ def test_queue_full_and_cancel(tiny_model_dir):
 def test_failed_prefill_of_a_newcomer_spares_the_running_batch(any_backend, monkeypatch):
     backend = any_backend
     p_long, p_new = chat_prompt(backend, "long runner"), chat_prompt(backend, "newcomer")
-    monkeypatch.setattr(backend, "eos_ids", set())  # the runner must really run 120 steps
+    patch_replicas(monkeypatch, backend, "eos_ids", set())  # the runner must really run 120 steps
     expected = _solo(backend, [p_long], 120)[0].choices[0].token_ids
     if backend.packed:  # the newcomer's prompt is packed into a decode step of the runner: fail mid-forward,
         import serving.decode_attention as da  # after its rows were added and some layers wrote their KV
 
         attention, calls = da.packed_attention, []
 
-        def fail_prefills(plan, *a):
-            if plan.prompts and plan.decode_rows:
+        def fail_prefills(plan, *a):  # (with replicas the newcomer may start a batch of its own)
+            if plan.prompts and backend.active_rows:
                 calls.append(1)
                 if len(calls) == 2:
                     raise RuntimeError("simulated prefill failure")
@@ -189,7 +191,7 @@ def test_failed_prefill_of_a_newcomer_spares_the_running_batch(any_backend, monk
                 raise RuntimeError("simulated prefill failure")
             return forward(ids, *a, **kw)
 
-        monkeypatch.setattr(backend, "_forward", fail_prefill)
+        patch_replicas(monkeypatch, backend, "_forward", fail_prefill)
     running = backend.submit(p_long, SamplingParams(max_tokens=120, **GREEDY))
     deadline = time.monotonic() + 10
     while backend.active_rows == 0 and time.monotonic() < deadline:
@@ -334,3 +336,55 @@ def test_packed_steps_are_off_when_they_would_change_the_logits(tiny_model_dir, 
         EmbeddedBackend(tiny_model_dir, num_threads=1, packed_prefill="on")
     with pytest.raises(ValueError, match="max_prefill_tokens must be at least 1"):
         EmbeddedBackend(tiny_model_dir, num_threads=1, max_prefill_tokens=0)
+
+
+def test_replicas_decode_side_by_side_and_share_the_queue(tiny_model_dir, monkeypatch):
+    b = EmbeddedBackend(tiny_model_dir, max_batch_size=8, num_threads=1, replicas=2)
+    try:
+        assert b.replicas == 2 and b.max_batch_size == 4 and not b.prefill_thread
+        assert [t.name for r in b._replicas for t in r._threads] == ["lam-embedded-worker", "lam-embedded-worker-1"]
+        prompts = _prompts(b, 8)
+        solo = _solo(b, prompts, 30)
+        seen, packed = [], b._packed_forward
+
+        def spy(*a):
+            seen.append((threading.current_thread().name, len(a[2])))
+            return packed(*a)
+
+        patch_replicas(monkeypatch, b, "_packed_forward", spy)
+        handles = [b.submit(p, SamplingParams(max_tokens=30, **GREEDY)) for p in prompts]
+        for h, s in zip(handles, solo):
+            assert h.future.result(60).choices[0].token_ids == s.choices[0].token_ids
+        by_worker = {name: max(rows for n, rows in seen if n == name) for name, _ in seen}
+        assert len(by_worker) == 2, by_worker  # both replicas ran batches ...
+        assert all(rows <= 4 for rows in by_worker.values())  # ... of at most their share of the rows
+        assert b.max_batch_seen > 1 and b.stats["requests"] >= 16
+        # close() fails what is queued or running in every replica
+        handles = [b.submit(p, SamplingParams(max_tokens=200, **GREEDY)) for p in prompts + prompts]
+        deadline = time.monotonic() + 10
+        while b.active_rows < 8 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert all(len(r._rows) == 4 for r in b._replicas)
+    finally:
+        b.close()
+    for h in handles:
+        with pytest.raises(BackendClosedError):
+            h.future.result(10)
+
+
+def test_replicas_setting_is_checked(tiny_model_dir):
+    for bad, match in (("two", "replicas must be 'auto' or a positive integer"), (0, "positive integer"),
+                       (9, r"replicas \(9\) cannot exceed max_batch_size \(8\)")):
+        with pytest.raises(ValueError, match=match):
+            EmbeddedBackend(tiny_model_dir, max_batch_size=8, num_threads=1, replicas=bad)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        EmbeddedBackend(tiny_model_dir, max_batch_size=8, num_threads=1, replicas=2, prefill_thread="on")
+    threads = torch.get_num_threads()
+    try:  # auto: one per core with one torch thread, at least 16 rows each
+        for num_threads, batch, expected in ((1, 32, min(usable_cpus(), 2)), (1, 8, 1), (2, 32, 1)):
+            b = EmbeddedBackend(tiny_model_dir, max_batch_size=batch, num_threads=num_threads)
+            b.close()
+            assert b.replicas == expected == len(b._replicas), (num_threads, batch)
+            assert b.max_batch_size == batch // expected
+    finally:
+        torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import itertools
 import random
 
 import torch
-from serving_tiny_model import chat_prompt
+from serving_tiny_model import chat_prompt, patch_replicas
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from serving.decode_attention import PackedPlan, first_columns, plan_blocks, slab_sdpa
@@ -124,7 +124,7 @@ def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch
             plans.append(out[2].blocks)
             return out
 
-        monkeypatch.setattr(backend, "_packed_forward", spy)
+        patch_replicas(monkeypatch, backend, "_packed_forward", spy)
     else:
         forward = backend._forward
 
@@ -133,7 +133,7 @@ def test_backend_skips_padding_and_keeps_greedy_outputs(any_backend, monkeypatch
                 plans.append(kw["lam_blocks"])
             return forward(ids, *a, **kw)
 
-        monkeypatch.setattr(backend, "_forward", spy)
+        patch_replicas(monkeypatch, backend, "_forward", spy)
     before = dict(backend.stats)
     handles = [backend.submit(p, SamplingParams(max_tokens=20, temperature=0.0)) for p in prompts]
     for h, s in zip(handles, solo):
