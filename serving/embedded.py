@@ -663,8 +663,7 @@ class EmbeddedBackend:
                 self.stats["decode_kv_padded_tokens"] += real.numel()
                 self.stats["decode_kv_read_tokens"] += sum((r1 - r0) * (real.shape[1] - c0)
                                                            for r0, r1, c0 in plan.blocks)
-        if rows:
-            (self._primary or self).joined_rows += len(new_rows)
+                (self._primary or self).joined_rows += len(new_rows)
         self._rows, self._mask, self._next = rows + new_rows, mask, tokens
         for r, t in zip(self._rows, tokens):
             r.accept(t, self.eos_ids, self.decode)
@@ -674,7 +673,8 @@ class EmbeddedBackend:
         if self._slab:  # the batch's slab is allocated once and then reused
             if self._cache is None:
                 self._cache = kv_cache.empty_batch(p.cache, self.max_batch_size, max(256, 2 * p.mask.shape[1]))
-            (self._primary or self).joined_rows += len(p.rows) if self._rows else 0
+            with self._stats_lock:  # replicas count into the first one
+                (self._primary or self).joined_rows += len(p.rows) if self._rows else 0
             self._cache, self._mask = kv_cache.merge(self._cache, self._mask if self._rows else None, p.cache,
                                                      p.mask)
             self._rows += p.rows
@@ -731,7 +731,8 @@ class EmbeddedBackend:
             req.choices[r.index] = Choice(r.index, r.text, r.out_ids, r.finish)
             req.completion_tokens += r.n_sampled
             if all(c is not None for c in req.choices) and not req.future.done():
-                self.stats["requests"] += 1
+                with self._stats_lock:  # replicas share the stats
+                    self.stats["requests"] += 1
                 req.future.set_result(GenerationResult(req.choices, len(req.prompt_ids), req.completion_tokens))
         if len(keep) == len(self._rows):
             return
