@@ -134,16 +134,18 @@ def run_load(base_url: str, model: str, requests: int = 2000, concurrency: int =
     return out
 
 
-def _prefill_mode(base_url: str) -> str:
-    """How the server prefills, from its /metrics: 'thread', 'packed', 'between steps' (or 'unknown')."""
+def _server_mode(base_url: str) -> dict:
+    """How the server batches, from its /metrics: prefill ('thread', 'packed', 'between steps') and replicas."""
     import httpx
 
     try:
         text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
     except httpx.HTTPError:
-        return "unknown"
-    on = {line.split()[0] for line in text.splitlines() if line.endswith(" 1.0")}
-    return "thread" if "lam_prefill_thread" in on else "packed" if "lam_packed_prefill" in on else "between steps"
+        return {"prefill": "unknown"}
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    on = {name for name, v in values.items() if v == "1.0"}
+    prefill = "thread" if "lam_prefill_thread" in on else "packed" if "lam_packed_prefill" in on else "between steps"
+    return {"prefill": prefill, "replicas": int(float(values.get("lam_replicas", "1")))}
 
 
 def main() -> None:
@@ -175,7 +177,7 @@ def main() -> None:
                                              extra_args=["--log-level", "warning"])
             base_url, model, pid = handle.base_url, handle.model_name, handle.pid
         summary = run_load(base_url, model, a.requests, a.concurrency, a.max_tokens, a.api_key, pid)
-        summary.update(model=model, base_url=base_url, prefill=_prefill_mode(base_url))
+        summary.update(model=model, base_url=base_url, **_server_mode(base_url))
         line = json.dumps(summary)
         print(line)
         if a.out:
