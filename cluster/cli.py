@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -356,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A job started in the background by a non-interactive shell (`lam collect ... &`, nohup) inherits SIGINT
+    # ignored; Ctrl-C or `kill -INT` must still stop it cleanly (completed shards kept, resumable).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = args.fn(args)
     except KeyboardInterrupt:
