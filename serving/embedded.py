@@ -652,17 +652,13 @@ class EmbeddedBackend:
             self._observe(len(new_rows), "prefill")
         for r in rows:
             r.pos += 1
-        real = mask[:len(rows)]
         with self._stats_lock:
             self.stats["decode_s" if rows else "prefill_s"] += elapsed
-            self.stats["decode_tokens"] += len(rows)
-            self.stats["prefill_tokens"] += sum(len(p[0]) for p in prompts)
-            self.stats["prefill_padded_tokens"] += sum(len(p[0]) for p in prompts)
+            new_tokens = sum(len(p[0]) for p in prompts)
+            self.stats["prefill_tokens"] += new_tokens
+            self.stats["prefill_padded_tokens"] += new_tokens  # packed: no padding
             if rows:
-                self.stats["decode_kv_tokens"] += int(real.sum())
-                self.stats["decode_kv_padded_tokens"] += real.numel()
-                self.stats["decode_kv_read_tokens"] += sum((r1 - r0) * (real.shape[1] - c0)
-                                                           for r0, r1, c0 in plan.blocks)
+                self._count_kv(mask[:len(rows)], plan.blocks)
                 (self._primary or self).joined_rows += len(new_rows)
         self._rows, self._mask, self._next = rows + new_rows, mask, tokens
         for r, t in zip(self._rows, tokens):
@@ -689,24 +685,27 @@ class EmbeddedBackend:
         positions = torch.tensor([r.pos for r in rows], dtype=torch.long).unsqueeze(1).to(self.device)
         for r in rows:
             r.pos += 1
-        extra, width = {}, self._mask.shape[1]
-        read = len(rows) * width
+        extra, width, blocks = {}, self._mask.shape[1], [(0, len(rows), 0)]
         if self.skip_padding:  # attend per run of rows from the first column the run needs
             blocks = decode_attention.plan_blocks(decode_attention.first_columns(self._mask), width)
             extra["lam_blocks"] = blocks
-            read = sum((r1 - r0) * (width - c0) for r0, r1, c0 in blocks)
         self._observe(len(rows), "decode")
         t0 = time.perf_counter()
         logits, self._cache = self._forward(ids, self._mask, positions, self._cache, **extra)
         self._next = sample(logits, rows)
         with self._stats_lock:
             self.stats["decode_s"] += time.perf_counter() - t0
-            self.stats["decode_tokens"] += len(rows)
-            self.stats["decode_kv_tokens"] += int(self._mask.sum())  # KV columns: real ones, ...
-            self.stats["decode_kv_padded_tokens"] += self._mask.numel()  # ... with every row's padding ...
-            self.stats["decode_kv_read_tokens"] += read  # ... and those attention read
+            self._count_kv(self._mask, blocks)
         for r, t in zip(rows, self._next):
             r.accept(t, self.eos_ids, self.decode)
+
+    def _count_kv(self, mask: torch.Tensor, blocks: list[tuple[int, int, int]]) -> None:
+        """Stats of one decode step (under _stats_lock): its tokens and KV columns real, with every row's
+        padding, and those attention read (runs of rows from their first column)."""
+        self.stats["decode_tokens"] += mask.shape[0]
+        self.stats["decode_kv_tokens"] += int(mask.sum())
+        self.stats["decode_kv_padded_tokens"] += mask.numel()
+        self.stats["decode_kv_read_tokens"] += sum((r1 - r0) * (mask.shape[1] - c0) for r0, r1, c0 in blocks)
 
     def _observe(self, rows: int, phase: str) -> None:
         owner = self._primary or self  # the backend the server and its metrics hold
