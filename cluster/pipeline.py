@@ -23,7 +23,7 @@ from rich.console import Console
 
 from cluster.config import ConfigError, PipelineConfig, ensure_writable
 
-console = Console(stderr=True)  # progress; stdout is left to the report
+console = Console(stderr=True, soft_wrap=True)  # progress, never cut or wrapped; stdout is left to the report
 SERVED_NAME = "lam-action-model"
 # bump when a code change makes earlier stage outputs unusable with the same config
 DIGEST_VERSION = 1

@@ -99,3 +99,19 @@ def load_pipeline_config_from(raw: dict, tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(raw))
     return load_pipeline_config(p)
+
+
+# issue 21 item 3
+def test_stages_finished_by_an_older_lam_are_checked_against_its_config_json(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    old = load_pipeline_config_from({"run_dir": str(run), "collect": {"episodes": 40}}, tmp_path)
+    (run / "stages.json").write_text(json.dumps({"collect": {"kept": 40, "wall_s": 1.0}}))  # no "_records"
+    (run / "config.json").write_text(old.model_dump_json())
+    new = old.model_copy(update={"collect": old.collect.model_copy(update={"episodes": 60})})
+    with pytest.raises(ConfigError) as e:
+        check_stages(_Stages(run), stage_plan(new), run, rerun_changed=False)
+    assert "collect.episodes 40 -> 60" in str(e.value)
+    stages = _Stages(run)
+    assert check_stages(stages, stage_plan(old), run, rerun_changed=False) == []
+    assert stages.record("collect")["digest"] == stage_plan(old)["collect"]["digest"]
