@@ -58,6 +58,25 @@ class CreateSession(_Strict):
     run: bool = True  # start running to completion at once; False: drive it with /step
 
 
+class _JsonBodies:
+    """Every request body this API takes is JSON. `curl -d '{...}'` labels it form-urlencoded, which FastAPI
+    would refuse with a 422 that blames a missing field; read such a body as the JSON it is (a body that is
+    not JSON still gets "the request body is not valid JSON")."""
+
+    _FORMS = (b"application/x-www-form-urlencoded", b"text/plain")
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            ctype = dict(scope["headers"]).get(b"content-type", b"")
+            if ctype.split(b";")[0].strip().lower() in self._FORMS:
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
@@ -66,6 +85,7 @@ def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: i
     os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
     manager = SessionManager(SessionStore(db_path), api_keys, max_live, memory_path=db_path + ".memory.jsonl")
     app = FastAPI(title="lam agent API")
+    app.add_middleware(_JsonBodies)
     app.state.manager = manager
 
     @app.exception_handler(ApiError)

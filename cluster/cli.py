@@ -31,7 +31,7 @@ def _pipeline(a) -> None:
     cfg = load_pipeline_config(a.config, a.set)
     if a.run_dir:
         cfg.run_dir = a.run_dir
-    run_pipeline(cfg)
+    run_pipeline(cfg, rerun_changed=a.rerun_changed)
 
 
 def _collect(a) -> int:
@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/quickstart.yaml")
     s.add_argument("--run-dir", default=None, help="override run_dir from the config")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    s.add_argument("--rerun-changed", action="store_true",
+                   help="a finished stage whose config changed is deleted and run again (with every stage that reads "
+                        "it); without this flag such a re-run is refused")
     s.set_defaults(fn=_pipeline)
 
     s = sub.add_parser("collect", help="collect environment-verified trajectories with Ray collector actors",

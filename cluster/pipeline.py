@@ -4,46 +4,192 @@
     lam pipeline --config configs/recipe.yaml        # all three LAM training phases
 
 Re-running with the same run_dir skips finished stages (markers in run_dir/stages.json) and
-resumes unfinished ones from what they left on disk. Held-out success is measured after every
-training phase, so the report shows what each phase changed.
+resumes unfinished ones from what they left on disk. Each stage records the configuration its
+output was made from (its inputs and a digest that also covers the stages it reads from); a
+re-run whose config changes a recorded stage is refused, naming the stage and the changed keys,
+unless `--rerun-changed` deletes and redoes the changed stages (and every stage that reads them).
+Held-out success is measured after every training phase, so the report shows what each phase changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from cluster.config import PipelineConfig, ensure_writable
+from cluster.config import ConfigError, PipelineConfig, ensure_writable
 
-console = Console()
+console = Console(stderr=True, soft_wrap=True)  # progress, never cut or wrapped; stdout is left to the report
 SERVED_NAME = "lam-action-model"
+# bump when a code change makes earlier stage outputs unusable with the same config
+DIGEST_VERSION = 1
 
 
 class _Stages:
+    """run_dir/stages.json: each finished stage's result, and under "_records" what each stage was made
+    from (inputs, digest, output paths; state "started" until it finishes)."""
+
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "stages.json"
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.records: dict[str, dict] = self.data.pop("_records", {})
 
     def done(self, name: str) -> dict | None:
         return self.data.get(name)
 
+    def record(self, name: str) -> dict | None:
+        return self.records.get(name)
+
+    def start(self, name: str, planned: dict) -> None:
+        self.records[name] = {**planned, "state": "started"}
+        self._save()
+
     def mark(self, name: str, info: dict) -> None:
         self.data[name] = info
+        if name in self.records:
+            self.records[name]["state"] = "done"
+        self._save()
+
+    def forget(self, name: str) -> None:
+        self.data.pop(name, None)
+        self.records.pop(name, None)
+        self._save()
+
+    def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.write_text(json.dumps({**self.data, "_records": self.records}, indent=1))
         tmp.replace(self.path)
 
 
-def _stage(stages: _Stages, name: str, fn) -> dict:
+def _stage(stages: _Stages, plan: dict, name: str, fn) -> dict:
     info = stages.done(name)
     if info is None:
+        stages.start(name, plan[name])
         t0 = time.perf_counter()
         info = {**fn(), "wall_s": time.perf_counter() - t0}
         stages.mark(name, info)
     return info
+
+
+def _runner(cfg: PipelineConfig) -> dict:
+    e = cfg.eval
+    return {"max_steps": e.max_steps, "max_retries": e.max_retries, "history_window": cfg.train.history_window,
+            "time_limit_s": 120.0}
+
+
+def _model_name(cfg: PipelineConfig, phase: str) -> str:
+    return f"model-{phase}" if len(cfg.phases) > 1 else "model"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
+    """Every stage this config runs, in run order: {"inputs", "after", "outputs", "digest"}.
+
+    inputs: the config keys the stage's output depends on; after: the stages whose output it reads;
+    the digest covers both (and DIGEST_VERSION). Knobs that change speed, not results (workers,
+    threads, ports, batch sizes), are left out, so changing them reuses finished stages."""
+    c, e, b = cfg.collect, cfg.eval, cfg.self_boost
+    speed = {"workers", "threads"}
+    runner = {"eval.max_steps": e.max_steps, "eval.max_retries": e.max_retries,
+              "train.history_window": cfg.train.history_window}
+    held_out = {"collect.env": c.env, "eval": e.model_dump(exclude=speed | {"baselines"}), "seed": cfg.seed, **runner}
+    plan: dict[str, dict] = {}
+
+    def add(name: str, inputs: dict, after: list[str], outputs: list[str]) -> None:
+        flat = _flat(inputs)
+        deps = {a: plan[a]["digest"] for a in after}
+        blob = json.dumps({"v": DIGEST_VERSION, "inputs": flat, "after": deps}, sort_keys=True, default=str)
+        plan[name] = {"inputs": flat, "after": after, "outputs": outputs,
+                      "digest": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+
+    add("collect", {"collect": c.model_dump(exclude=speed)}, [], ["data"])
+    add("train", {"train": cfg.train.model_dump(exclude=speed)}, ["collect"], ["train"])
+    model = "train"
+    for phase in cfg.phases:
+        if phase == "self_boost":
+            add("self_boost_attempts", {"self_boost": b.model_dump(include={"tasks", "trials", "temperature", "base_seed"}),
+                                        "collect.levels": c.levels, "serve.backend": cfg.serve.backend, **held_out},
+                [model], ["boost"])
+            add("self_boost_train", {"train": cfg.train.model_dump(exclude=speed),
+                                     "self_boost": b.model_dump(include={"epochs", "lr"})},
+                ["collect", "self_boost_attempts", model], ["train_boost"])
+            model = "self_boost_train"
+        elif phase == "dpo":
+            add("dpo_train", {"dpo": cfg.dpo.model_dump(exclude=speed), **runner}, ["self_boost_attempts", model],
+                ["train_dpo"])
+            model = "dpo_train"
+        add(f"eval_{phase}", {**held_out, "serve.backend": cfg.serve.backend}, [model],
+            [f"eval/{_model_name(cfg, phase)}"])
+    for name in e.baselines:  # no model, no sampling temperature
+        add(f"eval_{name}", {k: v for k, v in _flat(held_out).items() if k != "eval.temperature"}, [],
+            [f"eval/{name}"])
+    return plan
+
+
+def _older_plan(run_dir: Path) -> dict:
+    """For stages finished by a lam that recorded no digests: the plan of the config.json it wrote."""
+    try:
+        return stage_plan(PipelineConfig.model_validate_json((run_dir / "config.json").read_text()))
+    except Exception:  # missing or from an incompatible version: those stages count as changed
+        return {}
+
+
+def _show(v) -> str:
+    return json.dumps(v, default=str)
+
+
+def _changes(old: dict, new: dict) -> str:
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "?") != new.get(k, "?")]
+    return ", ".join(f"{k} {_show(old.get(k, '(unset)'))} -> {_show(new.get(k, '(unset)'))}" for k in keys)
+
+
+def check_stages(stages: _Stages, plan: dict, run_dir: Path, rerun_changed: bool) -> list[str]:
+    """Refuse (ConfigError, nothing changed) when a recorded stage was made from other inputs than `plan`
+    says, or with rerun_changed delete those stages' outputs so they run again. Returns the stages redone."""
+    older = None
+    stale: dict[str, str] = {}
+    for name, planned in plan.items():
+        rec = stages.record(name)
+        if rec is None and stages.done(name) is not None:
+            older = _older_plan(run_dir) if older is None else older
+            rec = older.get(name)
+            if rec is None:
+                stale[name] = "no record of the config it was made from"
+                continue
+            stages.records[name] = {**rec, "state": "done"}  # adopt it, so the next run has the record
+        if rec is not None and rec["digest"] != planned["digest"]:
+            stale[name] = _changes(rec["inputs"], planned["inputs"])
+    if not stale:
+        return []
+    if not rerun_changed:
+        first = next(n for n, why in stale.items() if why) if any(stale.values()) else next(iter(stale))
+        why = stale[first] or "made by another version of lam"
+        later = [n for n in stale if n != first]
+        raise ConfigError(
+            f"{run_dir}: stage {first} was made with another config ({why})"
+            + (f"; {', '.join(later)} depend on it or changed too" if later else "")
+            + f"; nothing was changed: pass --rerun-changed to delete and redo {', '.join(stale)}, "
+              "or use another --run-dir")
+    for name in stale:
+        rec = stages.record(name) or plan[name]
+        for out in rec["outputs"]:
+            shutil.rmtree(run_dir / out, ignore_errors=True)
+        stages.forget(name)
+        console.print(f"[bold yellow]{name}[/]: config changed ({stale[name] or 'upstream stage changed'}); redoing it")
+    return list(stale)
 
 
 def _with_server(cfg: PipelineConfig, export: str, fn):
@@ -65,7 +211,7 @@ def _model_policy(base_url: str, temperature: float, seed: int) -> dict:
     return {"kind": "model", "base_url": base_url, "model": SERVED_NAME, "temperature": temperature, "seed": seed}
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
     from data_collection.collector import CollectConfig, collect
     from envs.registry import sample_tasks
     from eval.evaluator import evaluate
@@ -76,12 +222,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     run_dir = ensure_writable(cfg.run_dir)
     if cfg.ray.address:  # every stage's init_ray() joins this cluster instead of starting one
         os.environ["RAY_ADDRESS"] = cfg.ray.address
-    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
     stages = _Stages(run_dir)
+    plan = stage_plan(cfg)
+    check_stages(stages, plan, run_dir, rerun_changed)
+    # every stage on disk now matches cfg (it was checked or deleted), so cfg describes the run's data
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
     wall: dict[str, float] = {}
     e = cfg.eval
-    runner = {"max_steps": e.max_steps, "max_retries": e.max_retries, "history_window": cfg.train.history_window,
-              "time_limit_s": 120.0}
+    runner = _runner(cfg)
     tasks = sample_tasks(cfg.collect.env, e.levels, "test", e.episodes * len(e.levels), base_seed=e.base_seed)
     results: dict[str, dict] = {}
     phases: dict[str, dict] = {}
@@ -89,7 +237,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     # 1. collect ------------------------------------------------------------------------
     data_dir = run_dir / "data"
     c = cfg.collect
-    info = _stage(stages, "collect", lambda: collect(
+    info = _stage(stages, plan, "collect", lambda: collect(
         CollectConfig(env=c.env, levels=c.levels, episodes=c.episodes, workers=c.workers, out=str(data_dir),
                       shard_episodes=c.shard_episodes, max_steps=c.max_steps, time_limit_s=c.time_limit_s,
                       base_seed=c.base_seed),
@@ -102,8 +250,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     def eval_phase(phase: str, export: str) -> None:
         key = f"eval_{phase}"
-        name = f"model-{phase}" if len(cfg.phases) > 1 else "model"
-        out = _stage(stages, key, lambda: _with_server(cfg, export, lambda url: evaluate(
+        name = _model_name(cfg, phase)
+        out = _stage(stages, plan, key, lambda: _with_server(cfg, export, lambda url: evaluate(
             name, c.env, tasks, _model_policy(url, e.temperature, cfg.seed), runner, e.workers,
             run_dir / "eval")))
         wall[key] = out["wall_s"]
@@ -123,7 +271,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # 2. imitation ------------------------------------------------------------------------
     train_dir = run_dir / "train"
-    info = _stage(stages, "train", lambda: train(str(data_dir), str(train_dir), cfg.train,
+    info = _stage(stages, plan, "train", lambda: train(str(data_dir), str(train_dir), cfg.train,
                                                  resume=(train_dir / "checkpoints").exists()))
     wall["train"] = info["wall_s"]
     export = info["export"]
@@ -145,12 +293,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             _with_server(cfg, export, run)
             return _split_attempts(boost_dir, b.trials)
 
-        info = _stage(stages, "self_boost_attempts", attempts)
+        info = _stage(stages, plan, "self_boost_attempts", attempts)
         wall["self_boost_attempts"] = info["wall_s"]
         console.print(f"[bold]self-boost[/]: {info['successes']} verified successes, {info['failures']} failures "
                       f"from {b.tasks} tasks × {b.trials} trials")
         boost_cfg = cfg.train.model_copy(update={"model": export, "epochs": b.epochs, "lr": b.lr, "warmup_steps": 10})
-        info = _stage(stages, "self_boost_train", lambda: train([str(data_dir), str(boost_dir / "data")],
+        info = _stage(stages, plan, "self_boost_train", lambda: train([str(data_dir), str(boost_dir / "data")],
                                                                 str(run_dir / "train_boost"), boost_cfg, resume=True))
         wall["self_boost_train"] = info["wall_s"]
         export = info["export"]
@@ -162,7 +310,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
         dpo_cfg = cfg.dpo.model_copy(update={"history_window": cfg.train.history_window})
         try:
-            info = _stage(stages, "dpo_train", lambda: train_dpo([str(boost_dir / "data")], export,
+            info = _stage(stages, plan, "dpo_train", lambda: train_dpo([str(boost_dir / "data")], export,
                                                                  str(run_dir / "train_dpo"), dpo_cfg))
         except NoPairsError as err:
             # every attempted task succeeded every time, or failed every time: say so in the report and
@@ -177,7 +325,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # baselines on the same held-out seeds ------------------------------------------------------
     for name in e.baselines:
-        out = _stage(stages, f"eval_{name}", lambda name=name: evaluate(
+        out = _stage(stages, plan, f"eval_{name}", lambda name=name: evaluate(
             name, c.env, tasks, {"kind": name, "seed": cfg.seed}, runner, c.workers, run_dir / "eval"))
         results[name] = out
         wall[f"eval_{name}"] = out["wall_s"]
