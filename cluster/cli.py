@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dir")
     d.add_argument("--episode", required=True, help="episode id LEVEL-SEED, e.g. BabyAI-GoToLocal-v0-16")
     d.set_defaults(fn=_data)
-    d = dsub.add_parser("repair", help="quarantine missing/corrupt shards (to DIR/quarantine/) so --resume re-collects them")
+    d = dsub.add_parser("repair", help="move missing/corrupt shards to DIR/quarantine/ so --resume re-collects them")
     d.add_argument("dir")
     d.set_defaults(fn=_data)
 

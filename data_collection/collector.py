@@ -3,6 +3,7 @@
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --episodes 20000 --workers 2 --out runs/data
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --variants paraphrase,then --episodes 5000 --out runs/evolved
     lam collect ... --resume          # after Ctrl-C, a crash, a full disk: continues to exactly N
+    lam data repair runs/data         # a corrupt or missing shard: quarantine it, then --resume
 
 What N (--episodes) counts: unique episodes the environment verified as successful, in train/.
 Tasks come as a stream (envs.registry.task_at: levels cycled, a fresh seed per index) and the driver
@@ -16,6 +17,9 @@ never leave the count short. Everything else is labelled, not lost:
 Exactly once: a batch covers a contiguous range of task indices; its shards and its ledger entry
 (range and counts per level) enter the manifest in one atomic update. --resume removes orphan
 files, reads the ledger and the stored episode hashes, and runs only indices no batch covered.
+It checks all of that (settings, every shard) before it writes anything: a refused run changes
+nothing. A model policy's server is checked first (GET /models); when it fails SERVER_DOWN_STREAK
+episodes in a row the run stops, keeping the batches before, instead of burning the attempt cap.
 
 First N: batches are accepted in index order (one that finishes early waits for those before
 it), so train/ holds the first N unique verified episodes of the task stream, whatever the number

@@ -101,7 +101,8 @@ def test_ctrl_c_names_the_command_that_resumes_and_that_command_finishes(tmp_pat
 # issue 21 item 14
 def test_readme_collect_then_data_show_work_as_written(ray_local, tmp_path, monkeypatch, capsys):
     lines = (ROOT / "README.md").read_text().splitlines()
-    collect_line = next(x for x in lines if x.startswith("lam collect --env babyai --levels BabyAI-GoToLocal-v0,BabyAI-PickupLoc-v0 --episodes 5000"))
+    readme_collect = "lam collect --env babyai --levels BabyAI-GoToLocal-v0,BabyAI-PickupLoc-v0 --episodes 5000"
+    collect_line = next(x for x in lines if x.startswith(readme_collect))
     show_line = next(x for x in lines if x.startswith("lam data show "))
     args = shlex.split(collect_line)[1:]
     args[args.index("--episodes") + 1] = "20"  # the README's flags, a smaller count
