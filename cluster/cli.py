@@ -2,7 +2,7 @@
 
     lam pipeline --config configs/quickstart.yaml
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --episodes 5000 --workers 2 --out runs/data [--resume]
-    lam data stats runs/data ; lam data show runs/data --episode BabyAI-GoToLocal-v0-17
+    lam data stats runs/data ; lam data show runs/data --episode BabyAI-GoToLocal-v0-16 ; lam data repair runs/data
     lam train --data runs/data --config configs/train/tiny.yaml --out runs/train
     lam serve --model runs/train/export --port 8000
     lam eval --model-url http://127.0.0.1:8000/v1 --model export --episodes 200 --out runs/eval
@@ -68,11 +68,37 @@ def _collect(a) -> int:
     except CollectionError as e:
         print(f"lam collect: error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # a plain re-run is refused (the dataset exists): name the command that continues
+        print(f"lam collect: interrupted; the completed shards in {a.out} are kept; continue with: "
+              f"{_resume_command(a)}", file=sys.stderr)
+        return 130
     print(json.dumps(stats, indent=1))
     print(f"lam collect: {stats['kept']}/{stats['requested']} unique verified episodes in {a.out}/train "
           f"({stats['episodes']} run now at {stats['episodes_per_s']:.0f}/s, {stats['failures']} failures, "
           f"{stats['duplicates']} duplicates); card: {a.out}/README.md", file=sys.stderr)
     return 0
+
+
+def _resume_command(a) -> str:
+    """This `lam collect` command line with --resume: as typed, or (called from Python, or with an
+    API key, which is never printed) every option that differs from its default."""
+    import shlex
+
+    typed = [w for w in sys.argv[1:] if w != "--resume"]
+    if typed[:1] == ["collect"] and a.api_key is None:  # else sys.argv is another program's (main() from Python)
+        try:
+            if vars(build_parser().parse_args(typed)) == {**vars(a), "resume": False}:
+                return shlex.join(["lam", *typed, "--resume"])
+        except SystemExit:
+            pass
+    defaults = vars(build_parser().parse_args(["collect"]))
+    words = ["lam", "collect"]
+    for key, value in vars(a).items():
+        if key in ("fn", "cmd", "resume") or value == defaults.get(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        words += [flag] if value is True else [flag, "$LAM_API_KEY" if key == "api_key" else str(value)]
+    return shlex.join(words + ["--resume"]).replace("'$LAM_API_KEY'", '"$LAM_API_KEY"')
 
 
 def _data(a) -> int:
@@ -81,6 +107,11 @@ def _data(a) -> int:
     if a.action == "stats":
         s = dataset_stats(a.dir)
         print(json.dumps(s, indent=1) if a.json else render_card(s).split("---\n", 2)[-1].strip())
+    elif a.action == "repair":
+        from data_collection.repair import describe, repair
+
+        for line in describe(repair(a.dir), a.dir):
+            print(f"lam data repair: {line}")
     else:
         print(transcript(a.dir, a.episode))
     return 0
@@ -256,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_collect)
 
-    s = sub.add_parser("data", help="inspect a collected dataset: stats (the card), show one episode")
+    s = sub.add_parser("data", help="inspect a collected dataset: stats (the card), show one episode, repair")
     dsub = s.add_subparsers(dest="action", required=True)
     d = dsub.add_parser("stats", help="counts per level, success rates, episode lengths (validates every shard)")
     d.add_argument("dir")
@@ -264,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_data)
     d = dsub.add_parser("show", help="one episode as a readable transcript")
     d.add_argument("dir")
-    d.add_argument("--episode", required=True, help="episode id, e.g. BabyAI-GoToLocal-v0-17")
+    d.add_argument("--episode", required=True, help="episode id LEVEL-SEED, e.g. BabyAI-GoToLocal-v0-16")
+    d.set_defaults(fn=_data)
+    d = dsub.add_parser("repair", help="move missing/corrupt shards to DIR/quarantine/ so --resume re-collects them")
+    d.add_argument("dir")
     d.set_defaults(fn=_data)
 
     s = sub.add_parser("train", help="train an action model with DeepSpeed")

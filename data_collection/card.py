@@ -1,7 +1,7 @@
 """The dataset card and the two read-side commands.
 
     lam data stats runs/data                                   # the card, recomputed from the shards
-    lam data show runs/data --episode BabyAI-GoToLocal-v0-17   # one episode as a readable transcript
+    lam data show runs/data --episode BabyAI-GoToLocal-v0-16   # one episode as a readable transcript
 
 `write_card` puts `card.json` and `README.md` next to the data after every collection: counts
 and success rates per level (from the manifest's batch ledger, so failures, duplicates and
@@ -10,6 +10,7 @@ and a YAML header that lets `datasets.load_dataset(DIR)` find the train and fail
 """
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from collections import Counter
@@ -131,11 +132,11 @@ def transcript(root: str | Path, episode_id: str) -> str:
             t = pq.read_table(path, filters=[("episode_id", "=", episode_id)])
             if t.num_rows:
                 return _render(sorted(t.to_pylist(), key=lambda r: r["step"]), subset)
-    sample = []
-    for path in store.shard_paths("train")[:1]:
-        ids = pc.unique(pq.read_table(path, columns=["episode_id"]).column(0)).to_pylist()
-        sample = ids[:3]
-    raise DatasetError(f"no episode {episode_id!r} in {store.root}" + (f"; ids look like {', '.join(sample)}" if sample else ""))
+    ids = sorted({i for path in store.shard_paths()
+                  for i in pc.unique(pq.read_table(path, columns=["episode_id"]).column(0)).to_pylist()})
+    near = difflib.get_close_matches(episode_id, ids, n=5, cutoff=0.8) or ids[:3]
+    raise DatasetError(f"no episode {episode_id!r} in {store.root} ({len(ids)} episodes, ids are LEVEL-SEED)"
+                       + (f"; try {', '.join(near)}" if near else ""))
 
 
 def _field(label: str, text: str, indent: int) -> list[str]:

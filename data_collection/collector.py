@@ -3,6 +3,7 @@
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --episodes 20000 --workers 2 --out runs/data
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --variants paraphrase,then --episodes 5000 --out runs/evolved
     lam collect ... --resume          # after Ctrl-C, a crash, a full disk: continues to exactly N
+    lam data repair runs/data         # a corrupt or missing shard: quarantine it, then --resume
 
 What N (--episodes) counts: unique episodes the environment verified as successful, in train/.
 Tasks come as a stream (envs.registry.task_at: levels cycled, a fresh seed per index) and the driver
@@ -16,6 +17,9 @@ never leave the count short. Everything else is labelled, not lost:
 Exactly once: a batch covers a contiguous range of task indices; its shards and its ledger entry
 (range and counts per level) enter the manifest in one atomic update. --resume removes orphan
 files, reads the ledger and the stored episode hashes, and runs only indices no batch covered.
+It checks all of that (settings, every shard) before it writes anything: a refused run changes
+nothing. A model policy's server is checked first (GET /models); when it fails SERVER_DOWN_STREAK
+episodes in a row the run stops, keeping the batches before, instead of burning the attempt cap.
 
 First N: batches are accepted in index order (one that finishes early waits for those before
 it), so train/ holds the first N unique verified episodes of the task stream, whatever the number
@@ -37,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_collection.experts import policy_model
-from data_collection.fleet import Fleet
+from data_collection.experts import check_model_endpoint, policy_model
+from data_collection.fleet import SERVER_DOWN_STREAK, Fleet
 from data_collection.schema import code_version
 from data_collection.store import TrajectoryStore
 from envs.registry import get_env_spec, task_at
@@ -96,6 +100,7 @@ class _Ledger:
         m = store.manifest()
         batches = m.get("batches", {})
         self.taken = sorted((b["first_index"], b["end_index"]) for b in batches.values())
+        self.written_end = max((b for _, b in self.taken), default=0)  # past the last written batch
         self.levels: dict[str, Counter] = {}
         for b in batches.values():
             for level, counts in b["levels"].items():
@@ -106,7 +111,8 @@ class _Ledger:
         if len(self.seen_train) != self.kept:
             raise CollectionError(
                 f"{store.root}: the manifest counts {self.kept} kept episodes but train/ holds {len(self.seen_train)} "
-                "unique ones; the dataset was changed by hand; collect into a new --out"
+                f"unique ones; the dataset was changed by hand; `lam data repair {store.root}` quarantines the "
+                "shards that disagree, then --resume re-collects them"
             )
 
     @staticmethod
@@ -156,11 +162,11 @@ def _meta(cfg: CollectConfig, levels: list[str], limit: float | None) -> dict:
 
 
 def _open(store: TrajectoryStore, cfg: CollectConfig, levels: list[str], limit, resume: bool) -> tuple[_Ledger, int]:
-    store.root.mkdir(parents=True, exist_ok=True)
+    """Check everything (settings, every shard, the count), then write: a refused run changes nothing."""
     m = store.manifest()
     meta = _meta(cfg, levels, limit)
-    orphans = 0
-    if m["shards"] or m.get("batches"):
+    exists = bool(m["shards"] or m.get("batches"))
+    if exists:
         if not resume:
             raise FileExistsError(f"{store.root} already holds a dataset; pass --resume to continue it or choose another --out")
         held = m["meta"].get("config", {})
@@ -168,9 +174,12 @@ def _open(store: TrajectoryStore, cfg: CollectConfig, levels: list[str], limit, 
             if key in held and held[key] != want:
                 raise ValueError(f"--resume with {key}={want!r} but {store.root} was collected with {held[key]!r}; "
                                  "use the same settings or a new --out")
-        orphans = len(store.remove_orphans())
+    ledger = _Ledger(store)  # reads every listed shard: a corrupt or missing one stops us here
+    if ledger.kept > cfg.episodes:
+        raise ValueError(f"{cfg.out} already holds {ledger.kept} episodes, more than --episodes {cfg.episodes}")
+    orphans = len(store.remove_orphans()) if exists else 0
     store.set_meta(config=meta, episodes_requested=cfg.episodes, env=cfg.env, levels=levels, policy=meta["policy"])
-    return _Ledger(store), orphans
+    return ledger, orphans
 
 
 def _accept(ledger: _Ledger, batch: list, result: dict, target: int) -> tuple[dict, dict, dict]:
@@ -183,8 +192,11 @@ def _accept(ledger: _Ledger, batch: list, result: dict, target: int) -> tuple[di
     reasons: Counter = Counter()
     kept = ledger.kept
     for o in result["outcomes"]:
-        if kept >= target:
-            end = o["index"]  # surplus: this index and the rest stay untaken
+        # Surplus: past the N-th in task order, this index and the rest stay untaken. Inside a hole
+        # left by `lam data repair` (written batches after it) failures are still stored, as the
+        # batch stored them before, and only a success past N is surplus.
+        if kept >= target and (o["index"] >= ledger.written_end or o["success"]):
+            end = o["index"]
             break
         c = levels.setdefault(o["level"], Counter({k: 0 for k in LEVEL_COUNTERS}))
         c["attempted"] += 1
@@ -238,6 +250,7 @@ def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True, on_
     """Collect until train/ holds exactly cfg.episodes unique verified episodes; returns stats.
     `on_batch(stats, fleet)` is called after every written batch (tests use it to kill actors)."""
     spec, levels, limit = _resolve(cfg)
+    check_model_endpoint(cfg.policy)  # a dead URL or unknown model: one line now, not hours of retries
     with _sole_writer(Path(cfg.out)):
         return _collect(cfg, spec, levels, limit, resume, progress, on_batch)
 
@@ -250,8 +263,6 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
     store = TrajectoryStore(Path(cfg.out))
     ledger, orphans = _open(store, cfg, levels, limit, resume)
     target = cfg.episodes
-    if ledger.kept > target:
-        raise ValueError(f"{cfg.out} already holds {ledger.kept} episodes, more than --episodes {target}")
     max_attempts = cfg.max_attempts or 20 * target + 1000
     stats = Counter({k: 0 for k in ("episodes", "kept_this_run", "failures", "duplicates", "dropped_time_limit",
                                      "policy_errors", "env_errors", "steps", "batches")})
@@ -272,6 +283,7 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
             job = bar.add_task("collect", total=target, completed=ledger.kept, out=cfg.out, rate=0.0, extra="")
             t_run = time.perf_counter()
             waiting: list = []  # finished batches behind one still running
+            down = 0  # model-server failures in a row, in task order
             while ledger.kept < target:
                 while fleet.free_slots() > 0:
                     size = _next_batch_size(cfg, ledger, fleet.in_flight_tasks() + sum(len(b) for b, _ in waiting), target)
@@ -296,11 +308,23 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
                 for batch, result in ready:
                     if ledger.kept >= target:
                         break
-                    parts, entry, hashes = _accept(ledger, batch, result, target)
-                    name = f"shard-{entry['first_index']:010d}"
-                    with _hold_sigint():
-                        store.write_group(name, parts, {"train": {"batch": name}, "failures": {"batch": name}}, entry)
-                    _commit(ledger, entry, hashes, stats, result)
+                    every = result["outcomes"]
+                    cut, down = _server_down(every, down)
+                    # Keep what came before the run of server failures; its tasks stay untaken for --resume.
+                    batch, result = batch[:len(every[:cut])], dict(result, outcomes=every[:cut])
+                    if batch:
+                        parts, entry, hashes = _accept(ledger, batch, result, target)
+                        name = f"shard-{entry['first_index']:010d}"
+                        with _hold_sigint():
+                            store.write_group(name, parts, {"train": {"batch": name}, "failures": {"batch": name}}, entry)
+                        _commit(ledger, entry, hashes, stats, result)
+                    if cut is not None:
+                        write_card(store)
+                        raise CollectionError(
+                            f"the model server failed {SERVER_DOWN_STREAK} episodes in a row, stopped "
+                            f"({next(o['error'] for o in reversed(every) if o.get('server_failed'))}); "
+                            f"{cfg.out} holds {ledger.kept} of {target} episodes, every shard complete; "
+                            "when the server is back, re-run with --resume")
                     busy, cpu = busy + result["busy_s"], cpu + result["cpu_s"]
                     process_cpu[result["pid"]] = result["process_cpu_s"]
                     elapsed = time.perf_counter() - t_run
@@ -321,6 +345,22 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
                actor_restarts=fleet.restarts if fleet else 0, actors_replaced=fleet.replaced if fleet else 0,
                batches_retried=fleet.retried if fleet else 0)
     return out
+
+
+def _server_down(outcomes: list[dict], streak: int) -> tuple[int | None, int]:
+    """Where, in this batch, the run of model-server failures that reaches SERVER_DOWN_STREAK
+    begins (None: it is not reached), and the run's length after the batch. `streak` carries the
+    run over from the batches before, in task order."""
+    start = 0
+    for i, o in enumerate(outcomes):
+        if not o.get("server_failed"):
+            streak = 0
+            continue
+        start = i if streak == 0 else start
+        streak += 1
+        if streak >= SERVER_DOWN_STREAK:
+            return start, streak
+    return None, streak
 
 
 def _next_batch_size(cfg: CollectConfig, ledger: _Ledger, pending: int, target: int) -> int:
@@ -346,5 +386,6 @@ def _commit(ledger: _Ledger, entry: dict, hashes: dict, stats: Counter, result: 
         stats["policy_errors"] += counts["policy_error"]
         stats["env_errors"] += counts["errors"]
     ledger.kept = sum(c["kept"] for c in ledger.levels.values())
+    ledger.written_end = max(ledger.written_end, entry["end_index"])
     stats["steps"] += sum(o["steps"] for o in result["outcomes"] if o["index"] < entry["end_index"])
     stats["batches"] += 1

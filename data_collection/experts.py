@@ -14,6 +14,7 @@ All of them run through agent.episode.run_episode, so the recorded states are ex
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from agent.episode import EpisodeTimeout
@@ -87,6 +88,24 @@ def build_collect_policy(spec: dict):
         raise ValueError(f"unknown policy kind {kind!r}: expected {', '.join(POLICY_KINDS)}")
     policy = build_policy(spec)
     return GuardedExpert(policy) if kind == "expert" else policy
+
+
+def check_model_endpoint(spec: dict) -> None:
+    """Before any task runs: a model policy's server answers GET /models and serves spec["model"].
+    Otherwise every episode would spend its retries on a dead URL, 20 N + 1000 times over.
+    ConnectionError (unreachable, refused key, not an OpenAI server) or ValueError (model not served)."""
+    if spec.get("kind") != "model":
+        return
+    from agent.sessions import ApiError, _check_model_endpoint  # the agent API's own check (it answers 424)
+
+    key = spec.get("api_key") or os.environ.get("LAM_API_KEY")  # as the policy itself resolves it
+    try:
+        _check_model_endpoint({**spec, "api_key": key, "connect_timeout_s": 10.0})
+    except ApiError as e:
+        msg = e.message.replace("policy.base_url", "--model-url").replace("policy.api_key", "--api-key")
+        if e.code == "unknown_model":
+            raise ValueError(msg + " (--model)") from None
+        raise ConnectionError(msg) from None
 
 
 def policy_model(spec: dict, expert_version: str) -> str:

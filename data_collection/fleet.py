@@ -21,6 +21,9 @@ from envs.registry import make_env
 
 RESTARTS = 3  # per actor, by Ray
 BATCH_TRIES = 3  # per batch, by the fleet, after Ray's own retries
+# Episodes in a row that a model policy's server failed (each after its own retries): the server is
+# down or refuses every request, so the batch stops there and the driver stops the collection.
+SERVER_DOWN_STREAK = 8
 
 
 def episode_id_for(task: Task) -> str:
@@ -44,6 +47,7 @@ class CollectorActor:
         self.env = make_env(env)
         self.runner = RunnerConfig(**runner)
         self.policy = build_collect_policy(policy)
+        self.uses_server = policy.get("kind") == "model"  # its policy_error means the server failed
         self.model, self.version = provenance["model"], provenance["code_version"]
 
     def pid(self) -> int:
@@ -54,12 +58,16 @@ class CollectorActor:
         t0, c0 = time.perf_counter(), time.process_time()
         rows: list[dict] = []
         outcomes = []
+        streak = 0
         for index, task in batch:
+            if streak >= SERVER_DOWN_STREAK:
+                break  # the rest would fail the same way: return early, the driver stops
             out = {"index": index, "level": task.level, "row_start": len(rows), "rows": 0, "steps": 0}
             try:
                 ep = run_episode(self.env, self.policy, task, self.runner, episode_id=episode_id_for(task))
             except Exception as e:  # the environment itself crashed: counted, nothing to store
                 outcomes.append({**out, "end_reason": "env_error", "success": False, "error": f"{type(e).__name__}: {e}"})
+                streak = 0
                 continue
             origin = self.env.variant_info() if hasattr(self.env, "variant_info") else None
             recs = episode_to_records(ep, model=self.model, origin=origin, version=self.version) if ep.steps else []
@@ -67,7 +75,9 @@ class CollectorActor:
             outcomes.append({
                 **out, "rows": len(recs), "steps": len(ep.steps), "success": ep.success, "end_reason": ep.end_reason,
                 "hash": recs[0]["episode_hash"] if recs else "", "error": ep.error,
+                "server_failed": self.uses_server and ep.end_reason == "policy_error",
             })
+            streak = streak + 1 if outcomes[-1]["server_failed"] else 0
         table = records_to_table(rows)
         return {"outcomes": outcomes, "table": table, "pid": os.getpid(), "node_id": _ray_node_id(),
                 "busy_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,

@@ -26,6 +26,16 @@ class DatasetError(RuntimeError):
     """A dataset on disk cannot be read or written as asked; the message names the file."""
 
 
+class ShardError(DatasetError):
+    """A listed shard is missing, corrupt or of another version. `reason` is the problem alone; the
+    message adds the way out, since the shard cannot be fixed in place."""
+
+    def __init__(self, root: Path, reason: str) -> None:
+        super().__init__(f"{reason}; `lam data repair {root}` quarantines it, then `lam collect ... --resume` "
+                         "re-collects its episodes")
+        self.reason = reason
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -42,6 +52,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         hint = "; free some space, then re-run with --resume" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise DatasetError(f"cannot write {path}: {e.strerror or e}{hint} (earlier shards are intact)") from e
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()).rstrip(".")
 
 
 def _version_of(path: Path, schema: pa.Schema) -> str:
@@ -140,6 +154,32 @@ class TrajectoryStore:
                 removed.append(path)
         return removed
 
+    def quarantine(self, bad: dict[str, str], batches: list[str]) -> dict[str, Path | None]:
+        """Move the shards `bad` ({"train/shard-...": reason}) to `<root>/quarantine/<subset>/` with a
+        `.reason.txt` each, then drop them and the ledger entries `batches` from the manifest in one
+        update. Nothing is deleted; a crash in between leaves listed-but-missing shards that a second
+        repair drops. Returns where each shard went (None: it was missing)."""
+        m = self.manifest()
+        moved: dict[str, Path | None] = {}
+        for key, reason in bad.items():
+            subset, name = key.split("/", 1)
+            folder = self.root / "quarantine" / subset  # two levels down: remove_orphans never sees it
+            folder.mkdir(parents=True, exist_ok=True)
+            dest, n = folder / f"{name}.parquet", 1
+            while dest.exists() or dest.with_suffix(".reason.txt").exists():  # an earlier repair's: keep both
+                dest, n = folder / f"{name}.{n}.parquet", n + 1
+            src = self.root / f"{key}.parquet"
+            moved[key] = dest if src.exists() else None
+            if src.exists():
+                os.replace(src, dest)
+            _atomic_write_bytes(dest.with_suffix(".reason.txt"), f"{key}.parquet: {reason}\n".encode())
+        for key in bad:
+            m["shards"].pop(key, None)
+        for name in batches:
+            m.get("batches", {}).pop(name, None)
+        self._save_manifest(m)
+        return moved
+
     # -- reading -----------------------------------------------------------------------
     def shard_paths(self, subset: str | None = None) -> list[Path]:
         m = self.manifest()
@@ -147,33 +187,33 @@ class TrajectoryStore:
         return [self.root / f"{k}.parquet" for k in keys]
 
     def check_shard(self, path: Path) -> pa.Schema:
-        """The shard's schema, or a DatasetError naming the file (missing, corrupt, other version)."""
+        """The shard's schema, or a ShardError naming the file (missing, corrupt, other version)."""
         if not path.exists():
-            raise DatasetError(f"missing shard {path} (listed in {self.root / MANIFEST})")
+            raise ShardError(self.root, f"missing shard {path} (listed in {self.root / MANIFEST})")
         try:
             schema = pq.read_schema(path)
         except (OSError, pa.ArrowInvalid) as e:
-            raise DatasetError(f"corrupt shard {path}: {e}") from e
+            raise ShardError(self.root, f"corrupt shard {path}: {_one_line(e)}") from e
         if not schema.equals(TRAJECTORY_SCHEMA):
-            raise DatasetError(
-                f"{path}: schema version {_version_of(path, schema)}, expected {SCHEMA_VERSION} "
-                f"(its columns differ from data_collection/schema.py)"
-            )
+            raise ShardError(self.root, f"{path}: schema version {_version_of(path, schema)}, expected {SCHEMA_VERSION} "
+                                        "(its columns differ from data_collection/schema.py)")
         return schema
 
+    def read_shard(self, path: Path, columns: list[str] | None = None) -> pa.Table:
+        """One shard's rows (every page of `columns` decoded), or a ShardError naming the file."""
+        self.check_shard(path)
+        try:
+            t = pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ShardError(self.root, f"corrupt shard {path}: {_one_line(e)}") from e
+        if columns is None or "schema_version" in columns:
+            versions = set(t.column("schema_version").to_pylist()) if t.num_rows else {SCHEMA_VERSION}
+            if versions != {SCHEMA_VERSION}:
+                raise ShardError(self.root, f"{path}: schema version {sorted(versions)}, expected {SCHEMA_VERSION}")
+        return t
+
     def read(self, subset: str | None = None, columns: list[str] | None = None) -> pa.Table:
-        tables = []
-        for path in self.shard_paths(subset):
-            self.check_shard(path)
-            try:
-                t = pq.read_table(path, columns=columns)
-            except (OSError, pa.ArrowInvalid) as e:
-                raise DatasetError(f"corrupt shard {path}: {e}") from e
-            if columns is None or "schema_version" in columns:
-                versions = set(t.column("schema_version").to_pylist()) if t.num_rows else {SCHEMA_VERSION}
-                if versions != {SCHEMA_VERSION}:
-                    raise DatasetError(f"{path}: schema version {sorted(versions)}, expected {SCHEMA_VERSION}")
-            tables.append(t)
+        tables = [self.read_shard(path, columns) for path in self.shard_paths(subset)]
         if not tables:
             raise DatasetError(f"no {subset or ''} shards in {self.root} (is this a lam dataset directory?)")
         return pa.concat_tables(tables)

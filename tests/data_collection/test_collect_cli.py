@@ -1,8 +1,18 @@
 """`lam collect`, `lam data stats`, `lam data show` as a user runs them."""
 import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from cluster.cli import main
 from data_collection.store import TrajectoryStore, group_episodes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_collect_then_grow_with_resume(tmp_path, capsys):
@@ -55,3 +65,52 @@ def test_data_stats_and_show(bot_dataset, capsys, tmp_path):
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
     assert main(["data", "stats", str(bad)]) == 2
     assert victim.name in capsys.readouterr().err
+
+
+# issue 21 item 14
+def test_ctrl_c_names_the_command_that_resumes_and_that_command_finishes(tmp_path):
+    out = tmp_path / "ds"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    lam = [sys.executable, "-m", "cluster.cli"]
+    cmd = ["collect", "--levels", "BabyAI-GoToLocal-v0", "--episodes", "150", "--workers", "0", "--shard-episodes", "5",
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(lam + cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            manifest = out / "manifest.json"
+            if manifest.exists() and len(json.loads(manifest.read_text()).get("batches", {})) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"collect ended before it could be interrupted: {proc.communicate()}"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    said = re.search(r"continue with: (.+)$", err.strip())
+    assert said, err
+    again = shlex.split(said.group(1))
+    assert again[:2] == ["lam", "collect"] and again[-1] == "--resume" and again[2:-1] == cmd[1:]
+    done = subprocess.run(lam + again[1:], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["kept"] == 150
+
+
+# issue 21 item 14
+def test_readme_collect_then_data_show_work_as_written(ray_local, tmp_path, monkeypatch, capsys):
+    lines = (ROOT / "README.md").read_text().splitlines()
+    readme_collect = "lam collect --env babyai --levels BabyAI-GoToLocal-v0,BabyAI-PickupLoc-v0 --episodes 5000"
+    collect_line = next(x for x in lines if x.startswith(readme_collect))
+    show_line = next(x for x in lines if x.startswith("lam data show "))
+    args = shlex.split(collect_line)[1:]
+    args[args.index("--episodes") + 1] = "20"  # the README's flags, a smaller count
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0
+    capsys.readouterr()
+    show = shlex.split(show_line.split("#")[0])[1:]
+    assert main(show) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"episode  {show[show.index('--episode') + 1]}")
+    assert main(show[:-1] + ["BabyAI-GoToLocal-v0-17"]) == 2  # a PickupLoc seed: the error offers real ids
+    assert "try BabyAI-GoToLocal-v0-1" in capsys.readouterr().err
