@@ -42,6 +42,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -49,6 +50,7 @@ import torch
 from . import decode_attention, kv_cache
 from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
                           PromptValidationError, QueueFullError, SamplingParams)
+from .model_dir import ModelDirError
 from .prefix_cache import BLOCK, PrefixCache
 from .sequences import GenerationHandle, Request, Row, fail, sample
 
@@ -96,7 +98,8 @@ class EmbeddedBackend:
     def __init__(self, model_dir: str, max_batch_size: int = 32, max_queue: int = 256,
                  num_threads: int | None = None, max_new_tokens_limit: int = 256, *, device: str = "auto",
                  dtype: str = "auto", prefix_cache_mb: float = 256, prefill_thread: str = "auto",
-                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048, replicas: int | str = "auto"):
+                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048, replicas: int | str = "auto",
+                 chat_template: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
@@ -105,8 +108,15 @@ class EmbeddedBackend:
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_new_tokens_limit = max_new_tokens_limit
         self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+        try:  # local directories only: a bad path must never turn into a hub lookup
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype,
+                                                              local_files_only=True).to(self.device).eval()
+        except Exception as e:  # what check_model_dir cannot see from headers: one line, not a traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelDirError(f"cannot load the model in {model_dir}: {first}") from e
+        if chat_template:
+            self.tokenizer.chat_template = Path(chat_template).read_text()
         cfg = self.model.config.get_text_config()
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)

@@ -95,8 +95,10 @@ class _EventStream:
                 yield item
 
 
-def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
-    """Build the FastAPI app; `api_key` (if set) is required as `Authorization: Bearer KEY` on /v1 routes."""
+def create_app(backend, model_name: str, api_key: str | None = None, chat: bool = True) -> FastAPI:
+    """Build the FastAPI app; `api_key` (if set) is required as `Authorization: Bearer KEY` on /v1 routes.
+
+    chat=False (`lam serve --no-chat`, a model without a chat template): /v1/chat/completions says so."""
     app = FastAPI(title="lam-stack serving", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.openapi = lambda: app.openapi_schema or _cache_openapi(app, model_name, backend)  # type: ignore[method-assign]
     metrics = ServingMetrics(backend)
@@ -258,6 +260,9 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_auth(request)
+        if not chat:  # the server's limitation, not the request's: say so rather than fail to render
+            raise APIError(400, f"this server's model {model_name!r} has no chat template (it was started with "
+                                "--no-chat), so it serves /v1/completions only", code="chat_not_supported")
         started = time.monotonic()
         req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
