@@ -1,8 +1,6 @@
 """Constrained decoding for the embedded backend: JSON mode and forced tool calls.
 
-    python -c "from serving.grammar import JSON_OBJECT as g; s = g
-for ch in '{\"a\": [1, true]}': s = s.step(ch)
-print(s.complete)"
+    python -c "from serving.grammar import JSON_OBJECT as g; print(g.step('{').step('[') is None, g.closing())"
 
 `response_format={"type": "json_object"}` and `tool_choice="required"` / a named function are promises about
 the output's shape, so the worker only samples tokens that keep the text a prefix of that shape. A grammar
