@@ -116,3 +116,16 @@ def test_promises_the_server_cannot_keep_are_400_naming_the_field(http_server, b
                    json={"model": "tiny-lam", "messages": MSG, **body}, timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# issue 21 item 11
+def test_every_prefix_of_valid_json_closes_into_valid_json_and_invalid_text_is_refused():
+    doc = '{"a": [1, -2.5e+3, true, null, {"b": "x\\u00e9\\n"}], "c": {}, "d": [], "e": 0.5E-2}'
+    state = JSON_OBJECT
+    for k, ch in enumerate(doc):
+        assert isinstance(json.loads(doc[:k] + state.closing()), dict), doc[:k]
+        state = state.step(ch)
+        assert state is not None, doc[:k + 1]
+    assert state.complete and state.step(" ") is None
+    for bad in ('[1]', '{"a":01}', '{"a",}', '{"a":1,}', '{}x', '{"a":tru}', '{"a":"\x01"}', '{"a":1.}'):
+        assert not _follows(JSON_OBJECT, bad), bad
