@@ -46,6 +46,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # per-request torch.Generator; choice i uses seed + i
     n: int = 1
+    # A shape the output must take (serving/grammar.py: JSON mode, a forced tool call); None = free text.
+    grammar: object | None = None
 
 
 @dataclass

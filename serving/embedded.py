@@ -42,6 +42,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -49,6 +50,8 @@ import torch
 from . import decode_attention, kv_cache
 from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
                           PromptValidationError, QueueFullError, SamplingParams)
+from .grammar import Vocab
+from .model_dir import ModelDirError
 from .prefix_cache import BLOCK, PrefixCache
 from .sequences import GenerationHandle, Request, Row, fail, sample
 
@@ -96,7 +99,8 @@ class EmbeddedBackend:
     def __init__(self, model_dir: str, max_batch_size: int = 32, max_queue: int = 256,
                  num_threads: int | None = None, max_new_tokens_limit: int = 256, *, device: str = "auto",
                  dtype: str = "auto", prefix_cache_mb: float = 256, prefill_thread: str = "auto",
-                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048, replicas: int | str = "auto"):
+                 packed_prefill: str = "auto", max_prefill_tokens: int = 2048, replicas: int | str = "auto",
+                 chat_template: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
@@ -105,13 +109,21 @@ class EmbeddedBackend:
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_new_tokens_limit = max_new_tokens_limit
         self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+        try:  # local directories only: a bad path must never turn into a hub lookup
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype,
+                                                              local_files_only=True).to(self.device).eval()
+        except Exception as e:  # what check_model_dir cannot see from headers: one line, not a traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelDirError(f"cannot load the model in {model_dir}: {first}") from e
+        if chat_template:
+            self.tokenizer.chat_template = Path(chat_template).read_text()
         cfg = self.model.config.get_text_config()
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
                                or 2048)
         self.eos_ids = self._eos_ids()
+        self._vocab = Vocab(self.decode, self.encode, min(self.eos_ids)) if self.eos_ids else None  # constraints
         self.pad_id = next((i for i in (self.tokenizer.pad_token_id, *sorted(self.eos_ids), 0) if i is not None))
         params = inspect.signature(self.model.forward).parameters
         # transformers 5 renamed past_key_values -> cache; older/remote models still use the old name.
@@ -319,6 +331,9 @@ class EmbeddedBackend:
                 f"max_tokens must be between 1 and {self.max_new_tokens_limit}", "max_tokens")
         if not 1 <= params.n <= self.max_batch_size:
             raise PromptValidationError(f"n must be between 1 and {self.max_batch_size}", "n")
+        if params.grammar is not None and self._vocab is None:
+            raise PromptValidationError("this server's model has no eos token, so it cannot end a constrained "
+                                        "output (response_format / tool_choice)", "response_format")
         room = self.max_context - len(prompt_ids)
         return min(params.max_tokens or self.max_new_tokens_limit, room)
 
@@ -555,7 +570,7 @@ class EmbeddedBackend:
         self._observe(len(rows), "prefill")
         t0 = time.perf_counter()
         logits, cache = self._forward(ids, mask, positions, cache)
-        tokens = sample(logits, rows)
+        tokens = sample(logits, rows, self._vocab)
         with self._stats_lock:
             self.stats["prefill_s"] += time.perf_counter() - t0
             self.stats["prefill_tokens"] += sum(len(t) for t in news)
@@ -644,7 +659,7 @@ class EmbeddedBackend:
             new_rows, prompts = [], []
             logits, mask, plan = self._packed_forward(self._cache, self._mask, self._next, [r.pos for r in rows],
                                                       [])
-        tokens = sample(logits, rows + new_rows)
+        tokens = sample(logits, rows + new_rows, self._vocab)
         elapsed = time.perf_counter() - t0
         if rows:
             self._observe(len(rows), "decode")
@@ -692,7 +707,7 @@ class EmbeddedBackend:
         self._observe(len(rows), "decode")
         t0 = time.perf_counter()
         logits, self._cache = self._forward(ids, self._mask, positions, self._cache, **extra)
-        self._next = sample(logits, rows)
+        self._next = sample(logits, rows, self._vocab)
         with self._stats_lock:
             self.stats["decode_s"] += time.perf_counter() - t0
             self._count_kv(self._mask, blocks)

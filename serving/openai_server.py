@@ -29,8 +29,9 @@ from .chat_format import (MessageError, add_tools_system_prompt, extract_json_ob
 from .backend_api import (BackendClosedError, BackendError, PromptValidationError, QueueFullError,
                           SamplingParams)
 from .metrics import RequestCounterMiddleware, ServingMetrics
-from .schemas import (MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest, _Sampling,
-                      describe_validation_error)
+from . import grammar
+from .schemas import (MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest, FunctionCall, NamedToolChoice,
+                      _Sampling, describe_validation_error)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_PROMPTS = 128  # prompts in one /v1/completions request
@@ -95,8 +96,10 @@ class _EventStream:
                 yield item
 
 
-def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
-    """Build the FastAPI app; `api_key` (if set) is required as `Authorization: Bearer KEY` on /v1 routes."""
+def create_app(backend, model_name: str, api_key: str | None = None, chat: bool = True) -> FastAPI:
+    """Build the FastAPI app; `api_key` (if set) is required as `Authorization: Bearer KEY` on /v1 routes.
+
+    chat=False (`lam serve --no-chat`, a model without a chat template): /v1/chat/completions says so."""
     app = FastAPI(title="lam-stack serving", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.openapi = lambda: app.openapi_schema or _cache_openapi(app, model_name, backend)  # type: ignore[method-assign]
     metrics = ServingMetrics(backend)
@@ -258,12 +261,16 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_auth(request)
+        if not chat:  # the server's limitation, not the request's: say so rather than fail to render
+            raise APIError(400, f"this server's model {model_name!r} has no chat template (it was started with "
+                                "--no-chat), so it serves /v1/completions only", code="chat_not_supported")
         started = time.monotonic()
         req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         params = sampling(req, req.max_completion_tokens or req.max_tokens)
         use_tools = bool(req.tools) and req.tool_choice != "none"
         want_json = req.response_format is not None and req.response_format.type != "text"
+        params.grammar = _output_grammar(req)
         try:
             messages = to_template_messages(req.messages)
         except MessageError as e:
@@ -387,6 +394,36 @@ def create_app(backend, model_name: str, api_key: str | None = None) -> FastAPI:
                              "choices": choices, "usage": usage(res)})
 
     return app
+
+
+def _output_grammar(req: ChatCompletionRequest):
+    """The shape `tool_choice` / `response_format` promise (decoded under serving/grammar.py), or None; a
+    promise this backend cannot keep is a 400 naming the field, never a reply that ignores it."""
+    choice, tools = req.tool_choice, req.tools or []
+    if choice == "required" or isinstance(choice, NamedToolChoice):
+        names, wanted = [t.function.name for t in tools], None
+        if isinstance(choice, NamedToolChoice):
+            f = choice.function
+            wanted = f.name if isinstance(f, FunctionCall) else f.get("name")
+        if not names:
+            raise APIError(400, "tool_choice asks for a tool call but the request has no tools", param="tool_choice")
+        if choice != "required":
+            if wanted not in names:
+                raise APIError(400, f"tool_choice names function {wanted!r}, which is not among the request's "
+                                    f"tools ({', '.join(names)})", param="tool_choice.function.name")
+            names = [wanted]
+        return grammar.tool_call(names)
+    kind = req.response_format.type if req.response_format else "text"
+    if kind == "json_schema":
+        raise APIError(400, "response_format type 'json_schema' is not supported by this server's embedded backend; "
+                            "use 'json_object', or serve the model with --backend vllm", param="response_format.type")
+    if kind == "json_object":
+        if tools and choice != "none":
+            raise APIError(400, "response_format 'json_object' with tools and tool_choice 'auto' cannot both be "
+                                "honoured by this server: pass tool_choice 'none' for a JSON reply, or 'required' "
+                                "or a named function for a tool call", param="response_format")
+        return grammar.JSON_OBJECT
+    return None
 
 
 def _cache_openapi(app, model_name: str, backend) -> dict:

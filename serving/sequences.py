@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from .backend_api import Choice, EventCallback, SamplingParams
+from .grammar import Vocab, pick_token
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Row:
         self.pos = len(req.prompt_ids)  # position id of the next token fed to the model
         self.finish: str | None = None
         self.reported = False  # result copied into the request (a row may linger, see EmbeddedBackend._retire)
+        self.grammar = req.params.grammar  # state of the shape the output must keep (serving/grammar.py)
+        self.grammar_text = ""  # decode(out_ids), kept by `sample` for constrained rows
 
     def accept(self, token: int, eos_ids: set[int], decode: Callable[[list[int]], str]) -> None:
         """Append a sampled token, then check eos / stop strings / budget and stream the new text."""
@@ -103,8 +106,20 @@ class Row:
         self.emitted = max(self.emitted, end)
 
 
-def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """One token per row from [rows, vocab] logits: greedy, or seeded temperature / top-p sampling."""
+def sample(logits: torch.Tensor, rows: list[Row], vocab: Vocab | None = None) -> list[int]:
+    """One token per row from [rows, vocab] logits: greedy, or seeded temperature / top-p sampling; rows with
+    a grammar then keep the sampled token only if it keeps their output in shape (the most likely one that does
+    otherwise)."""
+    out = _sample(logits, rows)
+    for i, r in enumerate(rows):
+        if r.grammar is not None and not r.finish and vocab is not None:
+            out[i], r.grammar, r.grammar_text = pick_token(
+                r.grammar, r.grammar_text, r.out_ids, r.req.max_new - r.n_sampled, out[i],
+                lambda i=i: logits[i].argsort(descending=True).tolist(), vocab)
+    return out
+
+
+def _sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
     out = logits.argmax(dim=-1).tolist()  # greedy for every row; sampled rows overwrite below
     for i, r in enumerate(rows):
         p = r.req.params

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from .launch import default_model_name
+from .model_dir import ModelDirError, check_model_dir
 
 log = logging.getLogger("serving")
 BACKENDS = ("auto", "transformers", "vllm")
@@ -37,19 +38,22 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
           vllm_bin: str | None = None, chat_template: str | None = None, graceful_timeout: float = 30.0,
           log_level: str = "info", device: str = "auto", dtype: str = "auto", prefix_cache_mb: float = 256,
           prefill_thread: str = "auto", packed_prefill: str = "auto", max_prefill_tokens: int = 2048,
-          replicas: str = "auto") -> None:
-    """Run the server in the foreground until SIGINT/SIGTERM. api_key defaults to env LAM_API_KEY."""
+          replicas: str = "auto", no_chat: bool = False) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM. api_key defaults to env LAM_API_KEY.
+
+    A model without a chat template is refused unless no_chat: then only /v1/completions serves, and
+    /v1/chat/completions answers that the server's model has no chat template."""
     api_key = api_key if api_key is not None else (os.environ.get("LAM_API_KEY") or None)
     name = model_name or default_model_name(model_dir)
-    if os.path.isdir(model_dir) and not os.path.isfile(os.path.join(model_dir, "config.json")):
-        # Before importing torch (seconds): a wrong path is the most common mistake.
-        raise SystemExit(f"Error: {model_dir} has no config.json; pass a model directory written by "
-                         "save_pretrained, e.g. runs/quickstart/train/export")
+    try:  # before importing torch (seconds) and before vllm or the port: a wrong path is the commonest mistake
+        check_model_dir(model_dir, chat_template, need_chat=not no_chat)
+    except ModelDirError as e:
+        raise SystemExit(f"Error: {e}") from None
     kind = resolve_backend(backend, vllm_bin)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
     if kind == "vllm":
-        return _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template)
+        return _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template, no_chat)
 
     import uvicorn
 
@@ -64,10 +68,14 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
                                  num_threads=num_threads, max_new_tokens_limit=max_new_tokens_limit, device=device,
                                  dtype=dtype, prefix_cache_mb=prefix_cache_mb, prefill_thread=prefill_thread,
                                  packed_prefill=packed_prefill, max_prefill_tokens=max_prefill_tokens,
-                                 replicas=replicas)
-    except ValueError as e:  # a setting this model or device cannot take (e.g. --prefill-thread on with batch 1)
-        raise SystemExit(f"Error: {e}") from None
-    app = create_app(engine, name, api_key=api_key)
+                                 replicas=replicas, chat_template=chat_template)
+    except ValueError as e:  # a setting this model or device cannot take (e.g. --prefill-thread on with batch 1),
+        raise SystemExit(f"Error: {e}") from None  # or a model that does not load (ModelDirError)
+    if not no_chat and not engine.tokenizer.chat_template:
+        engine.close()
+        raise SystemExit(f"Error: the tokenizer in {model_dir} loaded without a chat template; pass "
+                         "--chat-template FILE, or --no-chat to serve /v1/completions only")
+    app = create_app(engine, name, api_key=api_key, chat=not no_chat)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=graceful_timeout, access_log=False)
     log.info("serving %s as %r on http://%s:%d/v1 (transformers backend on %s/%s, %d replica(s) of batch<=%d, "
@@ -83,14 +91,14 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
         engine.close()
 
 
-def _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template) -> None:
+def _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template, no_chat) -> None:
     from .vllm_backend import start_vllm
 
     # SIGTERM must unwind through `finally` so the vllm child is stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     handle = start_vllm(model_dir, host=host, port=port, served_model_name=name, api_key=api_key,
                         vllm_bin=vllm_bin, chat_template=chat_template, max_num_seqs=max_batch_size,
-                        wait=False, inherit_output=True)
+                        wait=False, inherit_output=True, need_chat=not no_chat)
     try:
         handle.wait_healthy(timeout=900)
         log.info("vllm healthy at %s", handle.base_url)
@@ -132,7 +140,10 @@ def add_server_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "sharing the model, queue and prefix cache; --max-batch-size is split between them "
                         "(auto: one per core with --num-threads 1, at least 16 rows each)")
     p.add_argument("--vllm-bin", default=None, help="vllm executable (default: env LAM_VLLM_BIN, then PATH)")
-    p.add_argument("--chat-template", default=None, help="vllm only: template file (default: the model's)")
+    p.add_argument("--chat-template", default=None, help="jinja template file (default: the model's own)")
+    p.add_argument("--no-chat", action="store_true",
+                   help="serve a model without a chat template: /v1/completions only (without this flag such a "
+                        "model is refused at start-up)")
     p.add_argument("--graceful-timeout", type=float, default=30.0)
     p.add_argument("--log-level", default="info")
     return p
@@ -146,7 +157,7 @@ def run_from_args(a: argparse.Namespace) -> None:
           chat_template=a.chat_template, graceful_timeout=a.graceful_timeout, log_level=a.log_level,
           device=a.device, dtype=a.dtype, prefix_cache_mb=a.prefix_cache_mb,
           prefill_thread=a.prefill_thread, packed_prefill=a.packed_prefill,
-          max_prefill_tokens=a.max_prefill_tokens, replicas=a.replicas)
+          max_prefill_tokens=a.max_prefill_tokens, replicas=a.replicas, no_chat=a.no_chat)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .launch import ServerProcess, default_model_name, popen_logged
+from .model_dir import check_model_dir
 
 
 def find_vllm_bin(vllm_bin: str | None = None) -> str | None:
@@ -80,8 +81,13 @@ def build_vllm_command(model_dir: str, *, host: str = "127.0.0.1", port: int = 8
 def start_vllm(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
                api_key: str | None = None, vllm_bin: str | None = None, chat_template: str | None = None,
                enable_tools: bool = True, max_num_seqs: int | None = None, timeout: float = 900.0,
-               extra_args: list[str] | tuple = (), wait: bool = True, inherit_output: bool = False) -> ServerProcess:
-    """Print and launch `vllm serve ...`, then wait for GET /health (model loading can take minutes)."""
+               extra_args: list[str] | tuple = (), wait: bool = True, inherit_output: bool = False,
+               need_chat: bool = True) -> ServerProcess:
+    """Print and launch `vllm serve ...`, then wait for GET /health (model loading can take minutes).
+
+    The directory is checked first (serving/model_dir.py, ModelDirError): vllm would otherwise take a bad
+    path for a hub repo id, or start a server whose every chat request fails."""
+    check_model_dir(model_dir, chat_template, need_chat=need_chat)
     exe = find_vllm_bin(vllm_bin)
     if exe is None:
         raise FileNotFoundError("vllm executable not found: pass vllm_bin, set LAM_VLLM_BIN or put vllm on PATH")
@@ -91,6 +97,7 @@ def start_vllm(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, ser
                              vllm_bin=exe, max_num_seqs=max_num_seqs, extra_args=extra_args)
     print("launching:", shlex.join(cmd), file=sys.stderr, flush=True)
     env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # models are local directories: never a hub lookup
     if api_key:
         env["VLLM_API_KEY"] = api_key
     proc, log_path = popen_logged(cmd, env, prefix="lam-vllm-", inherit_output=inherit_output)
