@@ -35,6 +35,9 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     levels = sorted({lvl for r in results.values() for lvl in r["levels"]})
     lines = ["# lam pipeline report", "", f"run: `{run_dir}`", ""]
+    if "eval_temperature" in extra:  # runs at other temperatures or seeds are not comparable: say which
+        seed = f", seed {extra['eval_seed']}" if "eval_seed" in extra else ""
+        lines += [f"model sampling at evaluation: temperature {extra['eval_temperature']:g}{seed}", ""]
     lines += ["| level | policy | episodes | success | 95% CI | mean steps | invalid-action rate | false successes |"]
     lines += ["|---|---|---|---|---|---|---|---|"]
     for lvl in levels:
