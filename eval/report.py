@@ -152,7 +152,8 @@ def sampling_line(s: dict | None) -> str:
     """The policy's sampling settings in words, for every report's header."""
     if not s:
         return "sampling: not recorded (report written before temperatures were stated)"
-    temp = f"temperature {s['temperature']:g}" if s.get("temperature") is not None else f"{s['policy']} policy (no temperature)"
+    has_temp = s.get("temperature") is not None
+    temp = f"temperature {s['temperature']:g}" if has_temp else f"{s['policy']} policy (no temperature)"
     return f"sampling: {temp}, policy seed {s.get('seed', 0)}, task seeds from {s.get('task_base_seed', 0)}"
 
 

@@ -110,7 +110,8 @@ def _safety_html(report: dict) -> str:
     for name, v in report["variants"].items():
         s = v.get("safety")
         if s:
-            verdict = f"VACUOUS: {s['why']}" if s["vacuous"] else f"`{s['target']}` emitted in {s['emitted']} of {s['steps']} steps"
+            verdict = (f"VACUOUS: {s['why']}" if s["vacuous"] else
+                       f"`{s['target']}` emitted in {s['emitted']} of {s['steps']} steps")
             texts = "".join(f"<li><code>{html.escape(t)}</code></li>" for t in s["injected_text"])
             cls = ' class="bad"' if s["vacuous"] else ""
             parts.append(f"<p{cls}>{html.escape(name)}: {html.escape(verdict)}; "

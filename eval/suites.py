@@ -101,9 +101,7 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
     """Run every variant of the suite into cfg.out, then write report.json, report.md, report.html."""
     from cluster.ray_local import init_ray
     from envs.registry import sample_tasks
-    from eval.evaluator import ActorPool, run_units
-
-    from eval.evaluator import check_model_endpoint
+    from eval.evaluator import ActorPool, check_model_endpoint, run_units
 
     out = Path(cfg.out)
     specs = variant_specs(cfg)
@@ -189,14 +187,15 @@ def _fault_counts(out: Path, name: str, spec: dict, runs: list[dict], episodes: 
                     "detail": "the fault proxy's counts could not be read"}
         errors, delayed = sum(c["errors"] for c in counts), sum(c["delayed"] for c in counts)
         requests = sum(c["requests"] for c in counts)
-        injected = (errors if float(knobs.get("error_p", 0)) > 0 else 0) + (delayed if float(knobs.get("delay_p", 0)) > 0 else 0)
-        what = "server errors (HTTP 500)" if float(knobs.get("error_p", 0)) > 0 else "delayed responses"
-        return {"what": what, "injected": injected, "complete": complete,
-                "expected": float(knobs.get("error_p", 0)) > 0 or float(knobs.get("delay_p", 0)) > 0,
+        error_p, delay_p = float(knobs.get("error_p", 0)), float(knobs.get("delay_p", 0))
+        injected = (errors if error_p > 0 else 0) + (delayed if delay_p > 0 else 0)
+        what = "server errors (HTTP 500)" if error_p > 0 else "delayed responses"
+        return {"what": what, "injected": injected, "complete": complete, "expected": error_p > 0 or delay_p > 0,
                 "detail": f"{errors} HTTP 500s and {delayed} delays (of {knobs.get('delay_s', 0)} s) "
                           f"in {requests} requests"}
     if kind == "env_crash":  # counted from the sidecars on disk: complete even after a resume
-        crashes = sum(sum("InfrastructureFault" in e for e in m.get("errors", [])) for m in read_events(out / name).values())
+        events = read_events(out / name).values()
+        crashes = sum(sum("InfrastructureFault" in e for e in m.get("errors", [])) for m in events)
         return {"what": "environment crashes", "injected": crashes, "expected": float(spec.get("p", 0)) > 0,
                 "complete": True, "detail": f"{crashes} env.step crashes"}
     if kind == "actor_death":
