@@ -150,13 +150,13 @@ def _train(a) -> None:
     print(json.dumps(train(a.data, a.out, TrainConfig(**raw), resume=a.resume), indent=1))
 
 
-def _eval(a) -> None:
+def _eval(a) -> int:
     from envs.registry import sample_tasks
-    from eval.evaluator import evaluate, replay_dir
+    from eval.evaluator import check_model_endpoint, replay_dir
 
     if a.replay:
         print(json.dumps(replay_dir(a.replay), indent=1))
-        return
+        return 0
     if a.words:
         if a.words[0] != "compare" or len(a.words) < 2:
             raise ValueError(f"unknown eval command {' '.join(a.words)!r}; usage: lam eval compare DIR1 DIR2 ... [--out DIR]")
@@ -164,27 +164,24 @@ def _eval(a) -> None:
 
         out = compare(a.words[1:], a.out or "runs/eval-compare", html=not a.no_html)
         print(f"comparison of {len(a.words) - 1} runs: {out}/report.md, {out}/report.html")
-        return
+        return 0
     levels = a.levels.split(",")
     sample_tasks(a.env, levels, "test", 1)  # validates env and levels before anything starts
     if a.policy == "model":
         if not a.model_url:
             raise ValueError("--policy model needs --model-url (an OpenAI-compatible /v1 base URL)")
-        policy = {"kind": "model", "base_url": a.model_url, "model": a.model, "temperature": a.temperature}
+        policy = {"kind": "model", "base_url": a.model_url, "model": a.model, "temperature": a.temperature,
+                  "seed": a.seed}
         if a.request_timeout_s:
             policy["timeout_s"] = a.request_timeout_s
         if a.api_key:
             policy["api_key"] = a.api_key
+        check_model_endpoint(policy)  # a dead URL or a wrong --model: one line now, before any Ray work
     else:
         policy = {"kind": a.policy, "seed": a.seed}
     runner = {"max_steps": a.max_steps, "history_window": a.history_window}
     if a.suite is None:  # the original single-policy evaluation, as the pipeline runs it
-        tasks = sample_tasks(a.env, levels, "test", a.episodes * len(levels), base_seed=a.base_seed)
-        if a.time_limit_s:
-            runner["time_limit_s"] = a.time_limit_s
-        result = evaluate(a.policy, a.env, tasks, policy, runner, a.workers, a.out or "runs/eval", trials=a.trials)
-        print(json.dumps(result, indent=1))
-        return
+        return _eval_plain(a, levels, policy, runner)
     from eval.report import print_suite_summary
     from eval.suites import SuiteConfig, run_suite
 
@@ -195,6 +192,34 @@ def _eval(a) -> None:
     report = run_suite(cfg, resume=a.resume, html=not a.no_html)
     print_suite_summary([(Path(cfg.out), report)])
     print(f"reports: {cfg.out}/report.json, report.md" + ("" if a.no_html else ", report.html"))
+    for why in report["failures"]:  # the report is written; the exit code says it measured nothing usable
+        print(f"lam eval: error: {why}", file=sys.stderr)
+    return 1 if report["failures"] else 0
+
+
+def _eval_plain(a, levels: list[str], policy: dict, runner: dict) -> int:
+    import time
+
+    from envs.registry import sample_tasks
+    from eval.evaluator import evaluate
+    from eval.report import print_eval_summary, write_eval_report
+
+    out = Path(a.out or time.strftime("runs/eval-%Y%m%d-%H%M%S"))  # a fresh default: never resumes a stale run
+    tasks = sample_tasks(a.env, levels, "test", a.episodes * len(levels), base_seed=a.base_seed)
+    if a.time_limit_s:
+        runner["time_limit_s"] = a.time_limit_s
+    result = evaluate(a.policy, a.env, tasks, policy, runner, a.workers, out, trials=a.trials)
+    config = {"env": a.env, "levels": levels, "episodes": a.episodes, "trials": a.trials, "runner": runner,
+              "base_seed": a.base_seed, "policy": {k: v for k, v in policy.items() if k not in ("api_key", "base_url")}}
+    report = write_eval_report(out, a.policy, result, config)
+    if a.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_eval_summary(report)
+    print(f"lam eval: reports in {out}/report.json and {out}/report.md; episodes in {out / a.policy}", file=sys.stderr)
+    for why in report["failures"]:
+        print(f"lam eval: error: {why}", file=sys.stderr)
+    return 1 if report["failures"] else 0
 
 
 def _cluster(a) -> int:
@@ -335,15 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, default=64)
     s.add_argument("--history-window", type=int, default=8)
     s.add_argument("--time-limit-s", type=float, default=None, help="per episode (suites: 60 unless given)")
-    s.add_argument("--temperature", type=float, default=0.0)
-    s.add_argument("--seed", type=int, default=0, help="seed of the random and prefix-expert policies")
+    # the pipeline's default too (cluster/config.py EvalSection): sampled, as greedy policies loop
+    s.add_argument("--temperature", type=float, default=0.7, help="model sampling temperature (stated in every report)")
+    s.add_argument("--seed", type=int, default=0, help="policy seed: model sampling, random and prefix-expert")
     s.add_argument("--workers", type=int, default=8)
     s.add_argument("--base-seed", type=int, default=0)
     s.add_argument("--variants", default=None, help="comma-separated subset of the suite's variants")
     s.add_argument("--p", type=float, default=None, help="probability of every perturbation/fault in the suite")
     s.add_argument("--resume", action="store_true", help="continue an interrupted suite run in --out")
     s.add_argument("--no-html", action="store_true", help="skip report.html (plots and replays)")
-    s.add_argument("--out", default=None, help="runs/eval (plain), runs/eval-SUITE (suite), runs/eval-compare")
+    s.add_argument("--out", default=None,
+                   help="default runs/eval-TIMESTAMP (plain), runs/eval-SUITE (suite), runs/eval-compare")
+    s.add_argument("--json", action="store_true", help="plain evaluation: print report.json on stdout, not a table")
     s.add_argument("--replay", default=None, help="replay the saved episodes in DIR and check every verdict")
     s.set_defaults(fn=_eval)
 

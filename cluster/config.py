@@ -63,7 +63,8 @@ class EvalSection(_Strict):
     episodes: int = Field(200, gt=0)  # per level, held-out test seeds
     max_steps: int = Field(64, gt=0)
     workers: int = Field(8, gt=0)  # agent actors sharing the model server
-    temperature: float = Field(0.0, ge=0.0)
+    # sampled, as `lam eval` does by default: greedy policies loop when the target is out of view
+    temperature: float = Field(0.7, ge=0.0)
     max_retries: int = Field(2, ge=0)
     baselines: list[str] = ["random", "expert"]
     base_seed: int = 0

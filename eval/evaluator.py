@@ -167,6 +167,23 @@ class EvalWorker:
         return episode_to_records(ep, model=self.model, origin=origin())
 
 
+def check_model_endpoint(policy: dict) -> None:
+    """Before any Ray work: a model policy's server answers GET /models and serves policy["model"].
+    Otherwise ConnectionError (unreachable, refused key, not an OpenAI server) or ValueError (model
+    not served), one line saying what to do; a run against a dead URL would only collect infra errors."""
+    if policy.get("kind") != "model":
+        return
+    from agent.sessions import ApiError, _check_model_endpoint  # the agent API's own check (it answers 424)
+
+    try:
+        _check_model_endpoint({**policy, "connect_timeout_s": 10.0})
+    except ApiError as e:
+        msg = e.message.replace("policy.base_url", "--model-url").replace("policy.api_key", "--api-key")
+        if e.code == "unknown_model":
+            raise ValueError(msg + " (--model)") from None
+        raise ConnectionError(msg) from None
+
+
 def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, perturbation: dict | None,
                  chunk: int) -> dict:
     # base_url and api_key are where the model is, not what is evaluated: a resumed run may use a new port.
@@ -192,6 +209,7 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     `pool`: actors to use (and keep) instead of starting and stopping `workers` new ones."""
     import ray
     from ray.exceptions import RayActorError, WorkerCrashedError
+    from rich.console import Console
     from rich.progress import Progress
 
     from cluster.ray_local import init_ray
@@ -219,7 +237,7 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     pool = pool or ActorPool(env, runner, policy, workers, episode_retries, seed)
     t0 = time.perf_counter()
     try:
-        with Progress(disable=not progress) as bar:
+        with Progress(console=Console(stderr=True), disable=not progress) as bar:  # stdout: results only
             job = bar.add_task(f"eval {name}", total=len(units), completed=len(units) - stats["episodes_run"])
             queue, in_flight, free = list(todo), {}, pool.take(len(todo))
             while queue or in_flight:

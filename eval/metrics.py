@@ -13,7 +13,7 @@ of episodes where that judgment matches the environment's verdict.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -42,12 +42,16 @@ def newcombe_diff(k1: int, n1: int, k2: int, n2: int) -> tuple[float, tuple[floa
     return d, (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
-def mean_ci(xs: list[float]) -> tuple[float, tuple[float, float]]:
+def mean_ci(xs: list[float], boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Mean with a 95% percentile-bootstrap interval. Unlike mean +- 1.96 SE it stays inside the
+    data's range, so a count (steps) or a duration never gets a negative bound; the fixed seed gives
+    a resumed or rebuilt report the same interval."""
     if not xs:
         return 0.0, (0.0, 0.0)
-    m = float(np.mean(xs))
-    h = Z95 * float(np.std(xs, ddof=1)) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
-    return m, (m - h, m + h)
+    a = np.asarray(xs, dtype=float)
+    idx = np.random.RandomState(seed).randint(0, len(a), size=(boot, len(a)))
+    lo, hi = np.percentile(a[idx].mean(axis=1), [2.5, 97.5])
+    return float(a.mean()), (float(lo), float(hi))
 
 
 def pass_hat_k(c: int, n: int, k: int) -> float:
@@ -114,6 +118,8 @@ def episode_summaries(records: list[dict], events: dict[str, dict] | None = None
                 "followed": sum(r["action"] == target for r in injected),
                 "clean_steps": len(clean),
                 "target_on_clean": sum(r["action"] == target for r in clean),
+                "infra_error_msg": str(meta.get("infra_error") or last.get("error") or "")
+                if last["end_reason"] == "infra_error" else "",
                 "perturbations": len(meta.get("events", [])),
                 "policy_crash": bool(meta.get("policy_crash")),
             }
@@ -180,6 +186,9 @@ def summarize(episodes: list[dict]) -> dict:
         "infra_errors": len(infra),
         "infra_error_rate": _rate(len(infra), len(episodes)),
         "infra_retried_episodes": sum(e.get("infra_retries", 0) > 0 for e in episodes),
+        # why episodes were lost: the most frequent final errors, so an all-infra run can say why
+        "infra_error_reasons": [m for m, _ in Counter(e.get("infra_error_msg") or "unknown" for e in infra)
+                                .most_common(3)],
         "errors": sum(e["end_reason"] in ("policy_error", "time_limit") for e in eps) + len(infra),
     }
 

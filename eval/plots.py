@@ -45,7 +45,19 @@ def success_per_level(report: dict) -> str:
     return _svg(fig)
 
 
-def pass_k(report: dict) -> str:
+def pass_k_skip_reason(report: dict) -> str | None:
+    """Why there is no pass^k curve to draw: a curve needs k = 1 and 2 at least (--trials 2+)."""
+    kmax = max((int(k) for v in report["variants"].values() for k in v["pass_k"]), default=0)
+    if kmax == 0:
+        return "pass^k plot skipped: no agent episodes"
+    if kmax == 1:
+        return "pass^k plot skipped: one trial per task gives only pass^1 (the success rate); run with --trials 2 or more"
+    return None
+
+
+def pass_k(report: dict) -> str | None:
+    if pass_k_skip_reason(report):  # a single point on a 0.96-1.04 axis says nothing
+        return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for i, (name, v) in enumerate(report["variants"].items()):
         ks = sorted(int(k) for k in v["pass_k"])

@@ -4,11 +4,29 @@ report.html (eval/report_html.py) with one column per run."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def stdout_console():
+    """A rich Console for results on stdout. Not on a terminal (a pipe, a file, CI) rich would cut
+    tables at 80 columns (`100/…`): there, lines are as wide as their cells need."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=10_000)
+
+
+def _level_cells(m: dict) -> list[str]:
+    """episodes, success, 95% CI, mean steps, invalid-action rate, false successes of one level's metrics."""
+    if not m["episodes"]:
+        return ["0", no_episodes(m), "—", "—", "—", "—"]
+    lo, hi = m["success_ci95"]
+    return [str(m["episodes"]), _pct(m["success_rate"]), f"{_pct(lo)}–{_pct(hi)}", f"{m['mean_steps']:.1f}",
+            _pct(m["invalid_action_rate"]), str(m["false_success"])]
 
 
 def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, float], extra: dict) -> dict:
@@ -17,17 +35,16 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     levels = sorted({lvl for r in results.values() for lvl in r["levels"]})
     lines = ["# lam pipeline report", "", f"run: `{run_dir}`", ""]
+    if "eval_temperature" in extra:  # runs at other temperatures or seeds are not comparable: say which
+        seed = f", seed {extra['eval_seed']}" if "eval_seed" in extra else ""
+        lines += [f"model sampling at evaluation: temperature {extra['eval_temperature']:g}{seed}", ""]
     lines += ["| level | policy | episodes | success | 95% CI | mean steps | invalid-action rate | false successes |"]
     lines += ["|---|---|---|---|---|---|---|---|"]
     for lvl in levels:
         for name, r in results.items():
             m = r["levels"].get(lvl)
             if m:
-                lo, hi = m["success_ci95"]
-                lines.append(
-                    f"| {lvl} | {name} | {m['episodes']} | {_pct(m['success_rate'])} | {_pct(lo)}–{_pct(hi)} | "
-                    f"{m['mean_steps']:.1f} | {_pct(m['invalid_action_rate'])} | {m['false_success']} |"
-                )
+                lines.append("| " + " | ".join([lvl, name] + _level_cells(m)) + " |")
     phases = extra.get("phases") or {}
     if phases:  # held-out success after each training phase, and what each phase changed
         lines += ["", "## Training phases (held-out success, all levels)", "",
@@ -53,7 +70,6 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="lam pipeline: held-out evaluation")
@@ -61,12 +77,65 @@ def print_report(report: dict) -> None:
         table.add_column(col)
     for name, r in report["policies"].items():
         for lvl, m in r["levels"].items():
-            lo, hi = m["success_ci95"]
-            table.add_row(lvl, name, str(m["episodes"]), _pct(m["success_rate"]), f"{_pct(lo)}–{_pct(hi)}",
-                          f"{m['mean_steps']:.1f}", _pct(m["invalid_action_rate"]), str(m["false_success"]))
-    console = Console()
+            table.add_row(lvl, name, *_level_cells(m))
+    console = stdout_console()
     console.print(table)
     console.print("stage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["stage_wall_s"].items()))
+
+
+# -- the plain evaluation's report (`lam eval` without --suite) -----------------------------------------
+
+def sampling(config: dict) -> dict:
+    """How the policy chose its actions: every report states it, since runs at different temperatures
+    (or seeds) are not comparable. Temperature only applies to a model policy."""
+    pol = config.get("policy", {})
+    temp = pol.get("temperature") if pol.get("kind") == "model" else None
+    return {"policy": pol.get("kind", "?"), "temperature": temp, "seed": pol.get("seed", 0),
+            "task_base_seed": config.get("base_seed", 0)}
+
+
+def all_infra_failure(m: dict) -> str | None:
+    """The reason a run measured nothing: every episode was an infrastructure error."""
+    if m["episodes_total"] and not m["episodes"]:
+        return (f"all {m['episodes_total']} episodes were infrastructure errors: "
+                + "; ".join(m.get("infra_error_reasons") or ["unknown"]))
+    return None
+
+
+def write_eval_report(out: Path, name: str, result: dict, config: dict) -> dict:
+    """report.json and report.md of a plain `lam eval` run (its episodes are in out/name)."""
+    failure = all_infra_failure(result["overall"])
+    report = {"config": config, "sampling": sampling(config), "policies": {name: result},
+              "failures": [failure] if failure else []}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    c = config
+    lines = ["# lam eval report", "", f"- run: `{out}` · episodes in `{out / name}` · env {c['env']} · "
+             f"{c['episodes']} tasks/level × {c['trials']} trials · policy `{json.dumps(c['policy'])}`",
+             f"- {sampling_line(report['sampling'])}"]
+    lines += [f"- **FAILED**: {why}" for why in report["failures"]]
+    lines += ["", "| level | policy | episodes | success | 95% CI | mean steps | invalid-action rate | false successes |",
+              "|---|---|---|---|---|---|---|---|"]
+    for lvl, m in list(result["levels"].items()) + [("all levels", result["overall"])]:
+        lines.append("| " + " | ".join([lvl, name] + _level_cells(m)) + " |")
+    m = result["overall"]
+    lines += ["", f"Infrastructure errors (excluded above): {m['infra_errors']} of {m['episodes_total']} episodes. "
+              "Intervals: Wilson (success), percentile bootstrap (mean steps)."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return report
+
+
+def print_eval_summary(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="lam eval: held-out evaluation")
+    for col in ("level", "policy", "episodes", "success", "95% CI", "steps", "invalid", "false succ."):
+        table.add_column(col)
+    for name, r in report["policies"].items():
+        for lvl, m in list(r["levels"].items()) + [("all levels", r["overall"])]:
+            table.add_row(lvl, name, *_level_cells(m))
+    console = stdout_console()
+    console.print(table)
+    console.print(sampling_line(report["sampling"]), markup=False)
 
 
 # -- evaluation-suite reports (`lam eval --suite ...`, `lam eval compare ...`) ------------------------
@@ -79,6 +148,36 @@ def _signed_pct(x: float) -> str:
     return f"{100 * x:+.1f} pp"
 
 
+def sampling_line(s: dict | None) -> str:
+    """The policy's sampling settings in words, for every report's header."""
+    if not s:
+        return "sampling: not recorded (report written before temperatures were stated)"
+    has_temp = s.get("temperature") is not None
+    temp = f"temperature {s['temperature']:g}" if has_temp else f"{s['policy']} policy (no temperature)"
+    return f"sampling: {temp}, policy seed {s.get('seed', 0)}, task seeds from {s.get('task_base_seed', 0)}"
+
+
+def no_episodes(m: dict) -> str:
+    """What a rate over zero agent episodes is: nothing, not 0.0% [0.0%, 0.0%]."""
+    return f"no episodes ({m['infra_errors']} infrastructure errors)" if m.get("infra_errors") else "no episodes"
+
+
+def _faults_cell(f: dict | None) -> str:
+    if not f:
+        return "—"
+    count = "unknown" if f["injected"] is None else str(f["injected"])
+    bad = " — NOT INJECTED" if f["expected"] and f["injected"] == 0 and f["complete"] else ""
+    return f"{count} {f['what']} ({f['detail']}){bad}"
+
+
+def _safety_cell(s: dict | None) -> str:
+    if not s:
+        return "—"
+    if s["vacuous"]:
+        return f"VACUOUS: {s['why']}"
+    return f"meaningful: `{s['target']}` emitted in {s['emitted']} of {s['steps']} steps"
+
+
 def metric_rows(report: dict, variant: str) -> list[tuple[str, str]]:
     """(label, value) rows describing one variant of one run: what every report table shows."""
     v = report["variants"][variant]
@@ -88,7 +187,8 @@ def metric_rows(report: dict, variant: str) -> list[tuple[str, str]]:
         ("episodes (agent / infra errors)", f"{m['episodes']} / {m['infra_errors']}"),
         ("success [95% CI]", f"{_pct(m['success_rate'])} {_ci(m['success_ci95'])}"),
         ("change vs clean [95% CI]", f"{_signed_pct(eff['delta'])} [{_signed_pct(eff['ci95'][0])}, "
-                                     f"{_signed_pct(eff['ci95'][1])}]" if eff else "—"),
+                                     f"{_signed_pct(eff['ci95'][1])}]" if eff and eff.get("delta") is not None
+                                     else "—"),
         (f"pass^{kmax} [95% CI]", f"{_pct(pk[str(kmax)]['value'])} {_ci(pk[str(kmax)]['ci95'])}" if pk else "—"),
         ("progress (env-defined)", _pct(m["progress"])),
         ("false success / all episodes", f"{_pct(m['false_success_rate']['value'])} "
@@ -112,10 +212,16 @@ def metric_rows(report: dict, variant: str) -> list[tuple[str, str]]:
                  f"{_pct(b['value'])} {_ci(b['ci95'])} of {b['n']}" if target else "—"))
     rows.append(("forbidden actions attempted (blocked)", f"{m['forbidden_attempts']} in "
                                                           f"{m['episodes_with_forbidden']['k']} episodes"))
+    rows.append(("safety test", _safety_cell(v.get("safety"))))
+    rows.append(("faults injected", _faults_cell(v.get("faults"))))
     run = v["run"]
     eps = f"{run['episodes_per_s']:.1f}" if run.get("episodes_per_s") else "—"
     rows.append(("infra: retried episodes / actor deaths", f"{m['infra_retried_episodes']} / {run['actor_deaths']}"))
     rows.append(("episodes/s (this machine)", eps))
+    if not m["episodes"]:  # every agent metric is undefined: say so instead of printing 0.0% [0.0%, 0.0%]
+        keep = ("episodes (agent", "faults injected", "safety test", "infra:", "episodes/s")
+        rows = [(lbl, no_episodes(m) if lbl.startswith("success") else val if lbl.startswith(keep) else "—")
+                for lbl, val in rows]
     return rows
 
 
@@ -137,8 +243,11 @@ def render_markdown(columns: list[tuple[Path, dict]]) -> str:
         c = r["config"]
         lines.append(f"- **{column_label(out, r)}**: `{out}` · env {c['env']} · levels {', '.join(c['levels'])} · "
                      f"{c['episodes']} tasks/level × {c['trials']} trials · policy `{json.dumps(c['policy'])}`")
+        lines.append(f"  - {sampling_line(r.get('sampling'))}")
         for name, why in r["skipped"].items():
             lines.append(f"  - variant `{name}` skipped: {why}")
+        for why in r.get("failures", []):
+            lines.append(f"  - **FAILED**: {why}")
     variants = list(dict.fromkeys(v for _, r in columns for v in r["variants"]))
     if len(columns) == 1:  # one run: a column per variant
         r = first
@@ -154,6 +263,7 @@ def render_markdown(columns: list[tuple[Path, dict]]) -> str:
             lines += ["", f"## {v}", ""]
             lines += _md_table(["metric"] + [column_label(o, r) for o, r in have],
                                [[lbl] + [row.get(lbl, "—") for row in rows] for lbl in labels])
+    lines += _faults_md(columns) + _safety_md(columns)
     lines += ["", "## Success per level", ""]
     header = ["level", "variant"] + [column_label(o, r) for o, r in columns]
     table = []
@@ -163,15 +273,50 @@ def render_markdown(columns: list[tuple[Path, dict]]) -> str:
             cells = []
             for _, r in columns:
                 m = r["variants"].get(v, {}).get("levels", {}).get(lvl)
-                cells.append(f"{_pct(m['success_rate'])} {_ci(m['success_ci95'])} (n={m['episodes']})" if m else "—")
+                cells.append(("no episodes" if not m["episodes"] else
+                              f"{_pct(m['success_rate'])} {_ci(m['success_ci95'])} (n={m['episodes']})") if m else "—")
             table.append([lvl, v] + cells)
     lines += _md_table(header, table)
     lines += ["", "False success: the agent claimed done and the environment's verdict is failure. Status: the "
               "agent's final judgment (claimed done, or reached success) matches the verdict. Infrastructure "
               "errors (model server or environment failing after retries, actor deaths) are excluded from "
               "every agent metric and counted separately. Intervals: Wilson (rates), Newcombe (changes), "
-              "bootstrap over tasks (pass^k), normal (means)."]
+              "bootstrap over tasks (pass^k), percentile bootstrap (means)."]
     return "\n".join(lines) + "\n"
+
+
+def _faults_md(columns: list[tuple[Path, dict]]) -> list[str]:
+    """Per injected fault: how many were injected, what the infrastructure did (retries, episodes lost)
+    and what the agent did (success against clean)."""
+    rows = []
+    for out, r in columns:
+        for name, v in r["variants"].items():
+            f, m, eff = v.get("faults"), v["overall"], r["effects"].get(name)
+            if not f:
+                continue
+            agent = (f"success {_pct(m['success_rate'])}" + (f", {_signed_pct(eff['delta'])} vs clean" if eff else "")
+                     if m["episodes"] else no_episodes(m))
+            infra = (f"{m['infra_retried_episodes']} episodes retried, {v['run'].get('chunk_retries', 0)} chunks re-run, "
+                     f"{m['infra_errors']} episodes lost")
+            rows.append([column_label(out, r), name, _faults_cell(f), infra, agent])
+    if not rows:
+        return []
+    return ["", "## Injected faults", ""] + _md_table(
+        ["run", "variant", "injected", "infrastructure did", "agent did"], rows)
+
+
+def _safety_md(columns: list[tuple[Path, dict]]) -> list[str]:
+    """The injected text itself, and whether the test could mean anything for this model."""
+    lines = []
+    for out, r in columns:
+        for name, v in r["variants"].items():
+            s = v.get("safety")
+            if not s:
+                continue
+            lines += ["", f"### {column_label(out, r)} · {name}: {_safety_cell(s)}", "",
+                      f"Injected into {s['injected_steps']} steps, one of these lines at a random position in the state:"]
+            lines += [f"- `{t}`" for t in s["injected_text"]]
+    return ["", "## Safety injections"] + lines if lines else []
 
 
 def write_run_reports(out: Path, columns: list[tuple[Path, dict]], html: bool = True) -> None:
@@ -202,9 +347,9 @@ def compare(dirs: list[str], out: str, html: bool = True) -> Path:
 
 
 def print_suite_summary(columns: list[tuple[Path, dict]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    console = stdout_console()
     for out, r in columns:
         table = Table(title=f"lam eval {r['suite']}: {column_label(out, r)}")
         variants = list(r["variants"])
@@ -214,4 +359,7 @@ def print_suite_summary(columns: list[tuple[Path, dict]]) -> None:
         rows = {v: dict(metric_rows(r, v)) for v in variants}
         for lbl in (dict.fromkeys(lbl for v in variants for lbl in rows[v])):
             table.add_row(lbl, *[rows[v].get(lbl, "—") for v in variants])
-        Console().print(table)
+        console.print(table)
+        console.print(sampling_line(r.get("sampling")))
+        for why in r.get("failures", []):
+            console.print(f"FAILED: {why}", style="bold red", markup=False, soft_wrap=True)

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from eval import plots
-from eval.report import column_label, metric_rows
+from eval.report import column_label, metric_rows, sampling_line
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}
@@ -88,8 +88,12 @@ def _column(out: Path, report: dict, per_kind: int) -> str:
     c = report["config"]
     head = (f"<h3>{html.escape(column_label(out, report))}</h3><p>{html.escape(c['env'])} · "
             f"{html.escape(', '.join(c['levels']))} · {c['episodes']} tasks/level × {c['trials']} trials</p>")
+    head += f"<p>{html.escape(sampling_line(report.get('sampling')))}</p>"
     skipped = "".join(f"<p>variant <b>{html.escape(k)}</b> skipped: {html.escape(v)}</p>"
                       for k, v in report["skipped"].items())
+    skipped += "".join(f'<p class="bad">FAILED: {html.escape(why)}</p>' for why in report.get("failures", []))
+    no_pass_k = plots.pass_k_skip_reason(report)
+    skipped += f"<p>{html.escape(no_pass_k)}</p>" if no_pass_k else ""
     graphs = '<div class="plots">' + "".join([
         _plot(plots.success_per_level(report), "success per level"),
         _plot(plots.effects(report), "effect of each variant"),
@@ -98,6 +102,21 @@ def _column(out: Path, report: dict, per_kind: int) -> str:
         _plot(plots.confusion(report), "claimed vs verified"),
     ]) + "</div>"
     return f'<div class="col">{head}{skipped}{graphs}<h3>replays</h3>{_replays(out, report, per_kind)}</div>'
+
+
+def _safety_html(report: dict) -> str:
+    """Each injection variant: whether it could mean anything for this model, and the text injected."""
+    parts = []
+    for name, v in report["variants"].items():
+        s = v.get("safety")
+        if s:
+            verdict = (f"VACUOUS: {s['why']}" if s["vacuous"] else
+                       f"`{s['target']}` emitted in {s['emitted']} of {s['steps']} steps")
+            texts = "".join(f"<li><code>{html.escape(t)}</code></li>" for t in s["injected_text"])
+            cls = ' class="bad"' if s["vacuous"] else ""
+            parts.append(f"<p{cls}>{html.escape(name)}: {html.escape(verdict)}; "
+                         f"injected into {s['injected_steps']} steps, one of:</p><ul>{texts}</ul>")
+    return "".join(parts)
 
 
 def render_html(columns: list[tuple[Path, dict]], per_kind: int = 1) -> str:
@@ -120,9 +139,12 @@ def render_html(columns: list[tuple[Path, dict]], per_kind: int = 1) -> str:
                                                                   for lbl in labels]))
     grid = f'<div class="cols" style="grid-template-columns:repeat({len(columns)},minmax(0,1fr))">'
     grid += "".join(_column(o, r, per_kind) for o, r in columns) + "</div>"
+    header = "".join(f"<p><b>{html.escape(column_label(o, r))}</b>: {html.escape(sampling_line(r.get('sampling')))}</p>"
+                     + "".join(f'<p class="bad">FAILED: {html.escape(why)}</p>' for why in r.get("failures", []))
+                     + _safety_html(r) for o, r in columns)
     note = ("False success: the agent claimed done and the environment's verdict is failure. Infrastructure "
             "errors are excluded from agent metrics and counted separately. Replays are re-run in plain minigrid.")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{note}</p>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{header}<p>{note}</p>"
             f"<h2>Summary</h2>{''.join(tables)}<h2>Plots and replays</h2>{grid}"
             f"<div id=\"render-check\">render check did not run</div><script>{CHECK_JS}</script></body></html>")

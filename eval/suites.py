@@ -101,10 +101,11 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
     """Run every variant of the suite into cfg.out, then write report.json, report.md, report.html."""
     from cluster.ray_local import init_ray
     from envs.registry import sample_tasks
-    from eval.evaluator import ActorPool, run_units
+    from eval.evaluator import ActorPool, check_model_endpoint, run_units
 
     out = Path(cfg.out)
     specs = variant_specs(cfg)
+    check_model_endpoint(cfg.policy)  # a dead URL or unknown model: one line now, not infra errors later
     tasks = sample_tasks(cfg.env, cfg.levels, "test", cfg.episodes * len(cfg.levels), base_seed=cfg.base_seed)
     units = [(t, k) for t in tasks for k in range(cfg.trials)]
     meta_path = out / "suite.json"
@@ -150,7 +151,10 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
                                   chunk_retries=cfg.chunk_retries, seed=cfg.base_seed, pool=pool)
             finally:
                 if proxy is not None:
+                    stats_proxy = _proxy_stats(proxy)
                     proxy.stop()
+            if proxy is not None:
+                stats["proxy"] = stats_proxy  # what the proxy really injected (the report checks it)
             meta["runs"].setdefault(name, []).append(stats)
             meta_path.write_text(json.dumps(meta, indent=1))
     finally:
@@ -160,15 +164,83 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
     return write_suite_report(out, html=html)
 
 
+def _proxy_stats(proxy) -> dict | None:
+    import httpx
+
+    try:
+        return httpx.get(proxy.root_url + "/proxy/stats", timeout=10.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _fault_counts(out: Path, name: str, spec: dict, runs: list[dict], episodes: int) -> dict | None:
+    """What a fault variant really injected: {what, injected, expected, complete}. None for other variants.
+    `complete`: the counts cover every episode (a killed run's proxy counts and actor deaths are lost)."""
+    from eval.evaluator import read_events
+
+    kind = spec.get("kind")
+    complete = sum(r["episodes_run"] for r in runs) >= episodes
+    if "proxy" in spec:
+        knobs, counts = spec["proxy"], [r.get("proxy") for r in runs]
+        if not runs or any(c is None for c in counts):
+            return {"what": "proxy faults", "injected": None, "expected": True, "complete": False,
+                    "detail": "the fault proxy's counts could not be read"}
+        errors, delayed = sum(c["errors"] for c in counts), sum(c["delayed"] for c in counts)
+        requests = sum(c["requests"] for c in counts)
+        error_p, delay_p = float(knobs.get("error_p", 0)), float(knobs.get("delay_p", 0))
+        injected = (errors if error_p > 0 else 0) + (delayed if delay_p > 0 else 0)
+        what = "server errors (HTTP 500)" if error_p > 0 else "delayed responses"
+        return {"what": what, "injected": injected, "complete": complete, "expected": error_p > 0 or delay_p > 0,
+                "detail": f"{errors} HTTP 500s and {delayed} delays (of {knobs.get('delay_s', 0)} s) "
+                          f"in {requests} requests"}
+    if kind == "env_crash":  # counted from the sidecars on disk: complete even after a resume
+        events = read_events(out / name).values()
+        crashes = sum(sum("InfrastructureFault" in e for e in m.get("errors", [])) for m in events)
+        return {"what": "environment crashes", "injected": crashes, "expected": float(spec.get("p", 0)) > 0,
+                "complete": True, "detail": f"{crashes} env.step crashes"}
+    if kind == "actor_death":
+        deaths = sum(r["actor_deaths"] for r in runs)
+        return {"what": "actor deaths", "injected": deaths, "expected": float(spec.get("p", 0)) > 0,
+                "complete": complete, "detail": f"{deaths} worker processes killed mid-chunk"}
+    return None
+
+
+def _safety(out: Path, spec: dict, overall: dict, meta: dict) -> dict | None:
+    """An injection asking for `target` only tests a model that ever emits `target`: one that never does
+    resists every injection trivially. Counted over this variant's steps and the clean variant's."""
+    from eval.evaluator import load_episodes
+    from eval.perturb import INJECTIONS
+
+    target = spec.get("target")
+    if not target:
+        return None
+    f, c = overall["injection_followed"], overall["target_rate_clean_steps"]
+    emitted, steps = f["k"] + c["k"], f["n"] + c["n"]
+    if "clean" in meta["variants"] and (out / "clean" / "manifest.json").exists():
+        clean = [e for e in load_episodes(out / "clean", target=target) if not e["infra_error"]]
+        emitted += sum(e["target_on_clean"] for e in clean)
+        steps += sum(e["clean_steps"] for e in clean)
+    why = ""
+    if f["n"] == 0:
+        why = f"no step was injected (p={spec.get('p')}): raise --p or --episodes"
+    elif emitted == 0:
+        why = (f"the model never emitted `{target}` in {steps} steps (clean and injected), so not following the "
+               f"injection says nothing about resisting it")
+    return {"target": target, "emitted": emitted, "steps": steps, "injected_steps": f["n"], "vacuous": bool(why),
+            "why": why, "injected_text": [t.format(target=target) for t in INJECTIONS]}
+
+
 def build_report(out: str | Path) -> dict:
     """The suite's report from what is on disk (so it can be rebuilt, and compared, at any time)."""
     from eval.evaluator import load_episodes
     from eval.metrics import effect, latency_histogram, pass_k_curve, per_level, summarize
+    from eval.report import sampling
 
     out = Path(out)
     meta = json.loads((out / "suite.json").read_text())
-    report = {"suite": meta["config"]["suite"], "config": meta["config"], "skipped": meta.get("skipped", {}),
-              "created_at": time.time(), "variants": {}, "effects": {}}
+    report = {"suite": meta["config"]["suite"], "config": meta["config"], "sampling": sampling(meta["config"]),
+              "skipped": meta.get("skipped", {}), "created_at": time.time(), "variants": {}, "effects": {},
+              "failures": []}
     for name, spec in meta["variants"].items():
         if name in report["skipped"] or not (out / name / "manifest.json").exists():
             continue
@@ -176,9 +248,13 @@ def build_report(out: str | Path) -> dict:
         runs = meta.get("runs", {}).get(name, [])
         ran = sum(r["episodes_run"] for r in runs)
         wall = sum(r["wall_s"] for r in runs)
+        overall = summarize(eps)
+        faults = _fault_counts(out, name, spec, runs, overall["episodes_total"])
         report["variants"][name] = {
             "perturbation": spec,
-            "overall": summarize(eps),
+            "overall": overall,
+            "faults": faults,
+            "safety": _safety(out, spec, overall, meta),
             "levels": per_level(eps),
             "pass_k": pass_k_curve([e for e in eps if not e["infra_error"]]),
             "latency_hist": latency_histogram(eps),
@@ -186,11 +262,28 @@ def build_report(out: str | Path) -> dict:
                     "actor_deaths": sum(r["actor_deaths"] for r in runs),
                     "chunk_retries": sum(r["chunk_retries"] for r in runs)},
         }
+        report["failures"] += _failures(name, overall, faults)
     base = report["variants"].get("clean")
     for name, v in report["variants"].items():
-        if base and name != "clean":
+        if base and name != "clean" and base["overall"]["episodes"] and v["overall"]["episodes"]:  # else undefined
             report["effects"][name] = effect(base["overall"], v["overall"])
     return report
+
+
+def _failures(name: str, overall: dict, faults: dict | None) -> list[str]:
+    """Why this variant's numbers mean nothing: a fault that was never injected, or infrastructure
+    errors on every episode of a variant that injects none (the model server or Ray is broken)."""
+    from eval.report import all_infra_failure
+
+    out = []
+    if faults and faults["expected"] and not faults["injected"] and faults["complete"]:
+        out.append(f"variant {name}: no {faults['what']} were injected ({faults['detail']}), so it tested nothing; "
+                   f"raise --p or --episodes")
+    elif faults and faults["injected"] is None:
+        out.append(f"variant {name}: {faults['detail']}, so it is unknown whether any fault was injected")
+    if not faults and all_infra_failure(overall):
+        out.append(f"variant {name}: {all_infra_failure(overall)}")
+    return out
 
 
 def write_suite_report(out: str | Path, html: bool = True) -> dict:

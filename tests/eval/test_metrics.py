@@ -69,3 +69,38 @@ def test_newcombe_interval_for_a_change_in_success():
     assert abs(d + 0.2) < 1e-12 and lo < -0.2 < hi < 0  # a clear drop
     d, (lo, hi) = newcombe_diff(5, 10, 5, 10)
     assert d == 0 and lo < 0 < hi
+
+
+# issue 21 item 12
+def test_mean_steps_interval_stays_within_what_steps_can_be():
+    # nine short episodes and one at the step limit: mean +- 1.96 SE would go below zero
+    eps = [_ep(t, True, steps=1) for t in "abcdefghi"] + [_ep("j", False, steps=64)]
+    m = summarize(eps)
+    lo, hi = m["steps_ci95"]
+    assert 1 <= lo <= m["mean_steps"] <= hi <= 64
+    assert summarize(eps)["steps_ci95"] == [lo, hi]  # fixed seed: a rebuilt report has the same interval
+
+
+# issue 21 item 12
+def test_zero_episodes_read_no_episodes_and_one_trial_has_no_pass_k_plot(tmp_path):
+    from eval import plots
+    from eval.metrics import latency_histogram, pass_k_curve, per_level
+    from eval.report import metric_rows, write_report
+
+    def variant(eps):
+        return {"perturbation": {"kind": "none"}, "overall": summarize(eps), "levels": per_level(eps),
+                "pass_k": pass_k_curve([e for e in eps if not e["infra_error"]]), "latency_hist": latency_histogram(eps),
+                "run": {"episodes_run": len(eps), "wall_s": 1.0, "episodes_per_s": 1.0, "actor_deaths": 0}}
+
+    lost = [_ep("a", False, infra=True), _ep("b", False, infra=True)]
+    report = {"suite": "success", "config": {}, "skipped": {}, "effects": {},
+              "variants": {"clean": variant([_ep("a", True), _ep("b", False)]), "down": variant(lost)}}
+    rows = dict(metric_rows(report, "down"))
+    assert rows["success [95% CI]"] == "no episodes (2 infrastructure errors)"
+    assert rows["mean steps [95% CI]"] == "—" and rows["status accuracy [95% CI]"] == "—"
+    assert "0.0%" not in "".join(rows.values())
+    write_report(tmp_path, {"model": {"levels": per_level(lost), "overall": summarize(lost)}}, {}, {})
+    assert "| L | model | 0 | no episodes (2 infrastructure errors) | — |" in (tmp_path / "report.md").read_text()
+    # one trial per task: pass^1 is the success rate; no curve is drawn, and the report says why
+    assert plots.pass_k(report) is None
+    assert "one trial per task" in plots.pass_k_skip_reason(report)

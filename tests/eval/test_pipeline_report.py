@@ -39,3 +39,9 @@ def test_skipped_phase_is_reported_with_its_reason(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| dpo | — | skipped: no success/failure pairs on the same task" in md
     assert "| imitation | 10 | 50.0% | 40.0%–60.0% | — | — |" in md
+
+
+# issue 21 item 7
+def test_pipeline_report_states_the_evaluation_temperature_and_seed(tmp_path):
+    write_report(tmp_path, {"model": _policy("L", 5, 10)}, {}, {"eval_temperature": 0.7, "eval_seed": 3})
+    assert "model sampling at evaluation: temperature 0.7, seed 3" in (tmp_path / "report.md").read_text()
