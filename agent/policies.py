@@ -166,6 +166,47 @@ class PrefixExpertPolicy:
         return self._expert.act().name if step < self.prefix else "done"
 
 
+class ModelEndpointError(Exception):
+    """A model policy's server is down, refuses the key, is not an OpenAI server, or lacks the model.
+    `code`: model_unreachable | model_auth_failed | model_endpoint_error | unknown_model."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_model_endpoint(spec: dict, *, timeout_s: float = 3.0, url_flag: str = "policy.base_url",
+                         key_flag: str = "policy.api_key", model_flag: str = "policy.model") -> None:
+    """Before any episode: GET {base_url}/models answers and lists spec["model"]; else ModelEndpointError.
+    The agent API (424/400), `lam collect` and `lam eval` all call this one check; the flags name what the
+    caller's user sets. A dead URL otherwise costs every episode its retries before anything is said."""
+    import httpx
+
+    if spec.get("kind", "model") != "model":
+        return
+    base = spec["base_url"]
+    url = base.rstrip("/") + "/models"
+    key = spec.get("api_key")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx.get(url, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise ModelEndpointError("model_unreachable", f"model endpoint {base} is unreachable ({type(e).__name__}: "
+                                 f"{e}); start it (`lam serve --model DIR`) or fix {url_flag}") from None
+    if r.status_code in (401, 403):
+        raise ModelEndpointError("model_auth_failed", f"model endpoint {base} refused the key "
+                                 f"(HTTP {r.status_code}); set {key_flag}")
+    if r.status_code != 200:
+        raise ModelEndpointError("model_endpoint_error", f"GET {url} answered HTTP {r.status_code}: {r.text[:200]}")
+    try:
+        served = [m["id"] for m in r.json().get("data", [])]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise ModelEndpointError("model_endpoint_error", f"GET {url} did not return an OpenAI model list") from None
+    if served and spec["model"] not in served:
+        raise ModelEndpointError("unknown_model", f"model {spec['model']!r} is not served at {base}; "
+                                 f"served: {', '.join(served)} ({model_flag})")
+
+
 class ModelPolicy:
     """A model behind any OpenAI-compatible server (the embedded one, vLLM, a hosted model)."""
 

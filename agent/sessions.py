@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from agent.episode import EpisodeRunner, RunnerConfig
 from agent.memory import EpisodicStore, Memory, MemoryConfig
+from agent.policies import ModelEndpointError, check_model_endpoint
 from envs.base import Task
 
 LIVE = ("idle", "running")
@@ -335,27 +336,10 @@ def _build_policy(spec: dict, task: Task):
 
 def _check_model_endpoint(spec: dict) -> None:
     """Fail at creation, with a specific error, when the model server is down or lacks the model."""
-    import httpx
-
-    url = spec["base_url"].rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {spec['api_key']}"} if spec.get("api_key") else {}
     try:
-        r = httpx.get(url, headers=headers, timeout=float(spec.get("connect_timeout_s", 3.0)))
-    except httpx.HTTPError as e:
-        raise ApiError(424, "model_unreachable", f"model endpoint {spec['base_url']} is unreachable ({type(e).__name__}: "
-                       f"{e}); start it (`lam serve --model DIR`) or fix policy.base_url") from None
-    if r.status_code in (401, 403):
-        raise ApiError(424, "model_auth_failed", f"model endpoint {spec['base_url']} refused the key (HTTP {r.status_code}); "
-                       "set policy.api_key")
-    if r.status_code != 200:
-        raise ApiError(424, "model_endpoint_error", f"GET {url} answered HTTP {r.status_code}: {r.text[:200]}")
-    try:
-        served = [m["id"] for m in r.json().get("data", [])]
-    except (ValueError, AttributeError, KeyError, TypeError):
-        raise ApiError(424, "model_endpoint_error", f"GET {url} did not return an OpenAI model list") from None
-    if served and spec["model"] not in served:
-        raise ApiError(400, "unknown_model", f"model {spec['model']!r} is not served at {spec['base_url']}; "
-                       f"served: {', '.join(served)}")
+        check_model_endpoint(spec, timeout_s=float(spec.get("connect_timeout_s", 3.0)))
+    except ModelEndpointError as e:
+        raise ApiError(400 if e.code == "unknown_model" else 424, e.code, str(e)) from None
 
 
 def _runner_config(req: dict) -> RunnerConfig:

@@ -24,14 +24,21 @@ import threading
 from pathlib import Path
 
 
-def _pipeline(a) -> None:
+def _pipeline(a) -> int:
     from cluster.config import load_pipeline_config
     from cluster.pipeline import run_pipeline
 
     cfg = load_pipeline_config(a.config, a.set)
     if a.run_dir:
         cfg.run_dir = a.run_dir
-    run_pipeline(cfg, rerun_changed=a.rerun_changed)
+    report = run_pipeline(cfg, rerun_changed=a.rerun_changed)
+    # a policy whose every evaluation episode was an infrastructure error has no result: say so, exit 1
+    empty = [name for name, r in report["policies"].items() if not r["overall"]["episodes"]]
+    if empty:
+        print(f"lam pipeline: error: no evaluation episodes for {', '.join(empty)} (all infrastructure errors); "
+              f"see {cfg.run_dir}/eval", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _collect(a) -> int:

@@ -260,14 +260,18 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
         phases[phase] = {"success_rate": m["success_rate"], "success_ci95": m["success_ci95"],
                          "successes": m["successes"], "episodes": m["episodes"], "export": export}
         change = ""
-        if len(phases) > 1:  # what this phase changed, on the same held-out seeds, with its interval
-            prev_name, prev = list(phases.items())[-2]
+        prev_name, prev = list(phases.items())[-2] if len(phases) > 1 else (None, None)
+        if prev and prev["episodes"] and m["episodes"]:  # what this phase changed, same held-out seeds, 95% CI
             eff = effect(prev, m)
             phases[phase]["change_vs_previous"] = {"previous": prev_name, "delta": eff["delta"], "ci95": eff["ci95"]}
             change = (f", {100 * eff['delta']:+.1f} pp vs {prev_name} "
                       f"[{100 * eff['ci95'][0]:+.1f}, {100 * eff['ci95'][1]:+.1f}]")
-        console.print(f"[bold]evaluate[/] after {phase}: success {100 * m['success_rate']:.1f}% "
-                      f"on {m['episodes']} held-out episodes{change} ({out['wall_s']:.0f}s)")
+        if not m["episodes"]:  # every episode an infrastructure error: a rate over nothing would be a lie
+            console.print(f"[bold]evaluate[/] after {phase}: no episodes (all infrastructure errors, "
+                          f"see {run_dir / 'eval'}) ({out['wall_s']:.0f}s)")
+        else:
+            console.print(f"[bold]evaluate[/] after {phase}: success {100 * m['success_rate']:.1f}% "
+                          f"on {m['episodes']} held-out episodes{change} ({out['wall_s']:.0f}s)")
 
     # 2. imitation ------------------------------------------------------------------------
     train_dir = run_dir / "train"
@@ -329,7 +333,7 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
             name, c.env, tasks, {"kind": name, "seed": cfg.seed}, runner, c.workers, run_dir / "eval"))
         results[name] = out
         wall[f"eval_{name}"] = out["wall_s"]
-    extra = {"export": export, "phases": phases, "eval_temperature": e.temperature}
+    extra = {"export": export, "phases": phases, "eval_temperature": e.temperature, "eval_seed": cfg.seed}
     report = write_report(run_dir, results, wall, extra)
     print_report(report)
     return report

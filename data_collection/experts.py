@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 from agent.episode import EpisodeTimeout
-from agent.policies import PolicyError, ScriptedPolicy
+from agent.policies import ModelEndpointError, PolicyError, ScriptedPolicy
+from agent.policies import check_model_endpoint as _check
 from agent.worker import build_policy
 
 POLICY_KINDS = ("expert", "gold", "model", "random")
@@ -96,16 +97,12 @@ def check_model_endpoint(spec: dict) -> None:
     ConnectionError (unreachable, refused key, not an OpenAI server) or ValueError (model not served)."""
     if spec.get("kind") != "model":
         return
-    from agent.sessions import ApiError, _check_model_endpoint  # the agent API's own check (it answers 424)
-
     key = spec.get("api_key") or os.environ.get("LAM_API_KEY")  # as the policy itself resolves it
     try:
-        _check_model_endpoint({**spec, "api_key": key, "connect_timeout_s": 10.0})
-    except ApiError as e:
-        msg = e.message.replace("policy.base_url", "--model-url").replace("policy.api_key", "--api-key")
-        if e.code == "unknown_model":
-            raise ValueError(msg + " (--model)") from None
-        raise ConnectionError(msg) from None
+        _check({**spec, "api_key": key}, timeout_s=10.0, url_flag="--model-url", key_flag="--api-key",
+               model_flag="--model")
+    except ModelEndpointError as e:
+        raise (ValueError if e.code == "unknown_model" else ConnectionError)(str(e)) from None
 
 
 def policy_model(spec: dict, expert_version: str) -> str:

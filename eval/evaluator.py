@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from agent.episode import RunnerConfig, run_episode
+from data_collection.experts import check_model_endpoint  # noqa: F401  (re-exported: lam eval and the suites check first)
 from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, code_version, episode_to_records
 from data_collection.store import TrajectoryStore
 from envs.base import Task
@@ -166,22 +167,6 @@ class EvalWorker:
             return episode_to_records(ep, model=self.model)
         return episode_to_records(ep, model=self.model, origin=origin())
 
-
-def check_model_endpoint(policy: dict) -> None:
-    """Before any Ray work: a model policy's server answers GET /models and serves policy["model"].
-    Otherwise ConnectionError (unreachable, refused key, not an OpenAI server) or ValueError (model
-    not served), one line saying what to do; a run against a dead URL would only collect infra errors."""
-    if policy.get("kind") != "model":
-        return
-    from agent.sessions import ApiError, _check_model_endpoint  # the agent API's own check (it answers 424)
-
-    try:
-        _check_model_endpoint({**policy, "connect_timeout_s": 10.0})
-    except ApiError as e:
-        msg = e.message.replace("policy.base_url", "--model-url").replace("policy.api_key", "--api-key")
-        if e.code == "unknown_model":
-            raise ValueError(msg + " (--model)") from None
-        raise ConnectionError(msg) from None
 
 
 def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, perturbation: dict | None,

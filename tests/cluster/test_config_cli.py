@@ -53,3 +53,22 @@ def test_cli_prints_one_line_error_and_exit_code_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cluster.cli", "pipeline", "--config", str(p),
                         "--run-dir", "/proc/nope"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+# issue 21 item 1: a pipeline whose model evaluation ran no episode (all infrastructure errors) fails
+def test_pipeline_exits_nonzero_when_a_policy_has_no_evaluation_episodes(tmp_path, monkeypatch, capsys):
+    import cluster.pipeline
+    from cluster import cli
+
+    def fake_run(cfg, rerun_changed=False):  # the stages themselves are tested elsewhere; this is the verdict
+        ok = {"overall": {"episodes": 12}}
+        dead = {"overall": {"episodes": 0}}
+        return {"policies": {"model": dead if cfg.seed == 1 else ok, "expert": ok}}
+
+    monkeypatch.setattr(cluster.pipeline, "run_pipeline", fake_run)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nseed: 1\n")
+    assert cli.main(["pipeline", "--config", str(cfg)]) == 1
+    assert "no evaluation episodes for model" in capsys.readouterr().err
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nseed: 2\n")
+    assert cli.main(["pipeline", "--config", str(cfg)]) == 0
