@@ -121,11 +121,18 @@ def _train(a) -> None:
 
 def _eval(a) -> None:
     from envs.registry import sample_tasks
-    from eval.evaluator import evaluate, replay_dir
+    from eval.evaluator import evaluate
 
     if a.replay:
-        print(json.dumps(replay_dir(a.replay), indent=1))
-        return
+        from eval.replays import replay_dir
+
+        result = replay_dir(a.replay)
+        print(json.dumps(result, indent=1))
+        if result["mismatched"]:  # a failed check fails the command
+            print(f"lam eval --replay: {len(result['mismatched'])} of {result['checked']} replayed verdicts differ "
+                  f"from the recorded ones in {a.replay}", file=sys.stderr)
+            return 1
+        return 0
     if a.words:
         if a.words[0] != "compare" or len(a.words) < 2:
             raise ValueError(f"unknown eval command {' '.join(a.words)!r}; usage: lam eval compare DIR1 DIR2 ... [--out DIR]")
