@@ -57,3 +57,18 @@ def test_replay_of_a_bfcl_evaluation_matches_and_catches_tampering(ray_local, tm
     captured = capsys.readouterr()
     assert sorted(json.loads(captured.out)["mismatched"]) == [first, second]
     assert "2 of 2 replayed verdicts differ" in captured.err
+
+    # a world whose registry entry is not replayable: one line saying so, not a wrong answer
+    from dataclasses import replace
+
+    from envs import registry
+
+    registry.register_env("bfcl-live", lambda: replace(registry.get_env_spec("bfcl"), name="bfcl-live", replayable=False))
+    try:
+        _rewrite(shard, lambda r: r.update(env="bfcl-live"))
+        assert lam(["eval", "--replay", str(store)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "'bfcl-live' cannot rebuild an episode" in err[0] and str(store) in err[0]
+    finally:
+        registry._SPECS.pop("bfcl-live", None)
+        registry.get_env_spec.cache_clear()
