@@ -35,7 +35,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         check_cluster(address)
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError) as e:
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
             raise ConnectionError(f"cannot join the Ray cluster at {address} (RAY_ADDRESS): "
                                   f"{_first_line(e)}") from None
         return True
@@ -112,10 +112,17 @@ def check_cluster(address: str) -> None:
 def _check_gcs_auth(address: str) -> None:
     """One GCS handshake: answers in milliseconds, with AuthenticationError when the token is wrong."""
     try:
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
         from ray._raylet import GcsClient
         from ray.exceptions import AuthenticationError
     except ImportError:  # a Ray without token authentication: ray.init reports what goes wrong
         return
+    try:
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # else Ray's core aborts the process
+    except AuthenticationError:
+        raise ConnectionError(f"cannot join the Ray cluster at {address}: RAY_AUTH_MODE=token but this driver has no "
+                              f"token; set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) to the "
+                              f"cluster's token") from None
     try:
         GcsClient(address=address)
     except AuthenticationError:

@@ -177,12 +177,14 @@ def test_lam_eval_joins_a_running_local_cluster(ray_head, tmp_path):
 
 # issue 21 item 6
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case", ["dead address", "no token", "wrong token"])
+@pytest.mark.parametrize("case", ["dead address", "no token", "token mode without a token", "wrong token"])
 def test_joining_fails_in_seconds_with_the_reason(ray_head, tmp_path, case):
     if case == "dead address":
         env, words = _clean_env(RAY_ADDRESS=f"127.0.0.1:{_free_port()}"), "no Ray cluster answers"
     elif case == "no token":  # a home without ~/.ray/auth_token, no RAY_AUTH_TOKEN
         env, words = _clean_env(RAY_ADDRESS=ray_head["address"], HOME=str(tmp_path)), "token"
+    elif case == "token mode without a token":
+        env, words = _clean_env(RAY_ADDRESS=ray_head["address"], HOME=str(tmp_path), RAY_AUTH_MODE="token"), "token"
     else:
         env, words = _clean_env(RAY_ADDRESS=ray_head["address"], RAY_AUTH_TOKEN="0" * 32), "token"
     p, took, _ = _lam_eval(tmp_path, env, timeout=90)
