@@ -57,8 +57,10 @@ def _keep_loopback(force: bool) -> None:
     127.0.0.1). `force`: a private local cluster stays on loopback whatever the environment says."""
     if force:
         os.environ[LOOPBACK_SWITCH] = "0"  # inherited by the GCS, raylet, agents and workers it starts
-    from ray._private import ray_constants
-
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # a Ray that moved it: the environment variable alone must do
+        return
     if os.environ.get(LOOPBACK_SWITCH) == "0":
         ray_constants.ENABLE_RAY_CLUSTER = False
 
