@@ -159,10 +159,17 @@ def _train(a) -> None:
 
 def _eval(a) -> int:
     from envs.registry import sample_tasks
-    from eval.evaluator import check_model_endpoint, replay_dir
+    from eval.evaluator import check_model_endpoint
 
     if a.replay:
-        print(json.dumps(replay_dir(a.replay), indent=1))
+        from eval.replays import replay_dir
+
+        result = replay_dir(a.replay)
+        print(json.dumps(result, indent=1))
+        if result["mismatched"]:  # a failed check fails the command
+            print(f"lam eval --replay: {len(result['mismatched'])} of {result['checked']} replayed verdicts differ "
+                  f"from the recorded ones in {a.replay}", file=sys.stderr)
+            return 1
         return 0
     if a.words:
         if a.words[0] != "compare" or len(a.words) < 2:

@@ -86,12 +86,12 @@ def build_job(req: JobRequest) -> dict:
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
+    from cluster.launch import dashboard_unreachable
+
     try:
         return JobSubmissionClient(address)
     except ConnectionError as e:
-        raise ConnectionError(f"cannot reach the Ray Jobs API at {address}: is the cluster up and its dashboard "
-                              f"port forwarded (`ray dashboard CLUSTER.yaml`, `kubectl port-forward`)? "
-                              f"({str(e).splitlines()[0]})") from None
+        raise dashboard_unreachable(address, e) from None
 
 
 async def _tail(client, job_id: str, out) -> None:

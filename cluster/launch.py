@@ -85,12 +85,37 @@ def run(cmd: list[str], dry_run: bool = False) -> int:
     return subprocess.call(cmd)
 
 
+def dashboard_unreachable(address: str, e: BaseException) -> ConnectionError:
+    """One line for a dashboard address (Jobs and State API) that did not answer, and what to do."""
+    chain, cur = [], e
+    while cur is not None and len(chain) < 8:
+        chain.append(str(cur))
+        cur = cur.__cause__ or cur.__context__
+    text = " ".join(chain)
+    if "status=401" in text or "status=403" in text:
+        why = "it refused this client: set RAY_AUTH_TOKEN to the cluster's token"
+    elif "refused" in text.lower():
+        why = "connection refused"
+    elif "timed out" in text.lower() or "timeout" in text.lower():
+        why = "timed out"
+    else:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return ConnectionError(f"cannot reach the Ray dashboard at {address} ({why}): is the cluster up and its dashboard "
+                           f"port forwarded (`ray dashboard CLUSTER.yaml`, `kubectl port-forward svc/HEAD-SVC 8265`)? "
+                           f"`lam cluster status --config CLUSTER.yaml` asks a `ray up` head directly")
+
+
 def node_table(address: str) -> list[dict]:
     """Alive nodes of the cluster behind a dashboard address, with their CPU/GPU totals."""
     from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
 
     rows = []
-    for n in list_nodes(address=address, filters=[("state", "=", "ALIVE")]):
+    try:
+        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")])
+    except (RayStateApiException, ConnectionError) as e:
+        raise dashboard_unreachable(address, e) from None
+    for n in nodes:
         res = n.resources_total or {}
         rows.append({"node_id": n.node_id, "ip": n.node_ip, "head": n.is_head_node,
                      "CPU": res.get("CPU", 0), "GPU": res.get("GPU", 0)})

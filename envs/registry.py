@@ -30,6 +30,11 @@ class EnvSpec:
     variants: dict[str, Callable[[str], str | None]] = field(default_factory=dict)
     # Provenance of the built-in expert, e.g. "BabyAIBot (minigrid 3.2.0)"; goes into `model`.
     expert_version: str = ""
+    # The world is deterministic in (level, seed, actions), so re-running an episode's recorded
+    # actions rebuilds it and must reach the same verdict (`lam eval --replay`). False: replay says it cannot.
+    replayable: bool = False
+    # Optional replayer in the world's own engine, without the agent: (level, seed, actions) -> verdict.
+    replay: Callable[[str, int, list[str]], bool] | None = None
 
     def check_levels(self, levels: list[str]) -> None:
         for level in levels:
@@ -78,7 +83,7 @@ def sample_tasks(env: str, levels: list[str], split: str, n: int, base_seed: int
 def _babyai_spec() -> EnvSpec:
     import minigrid
 
-    from envs.babyai import BABYAI_LEVELS, BOT_NEEDS_TIME_LIMIT, DEFAULT_TIME_LIMIT_S, BabyAIEnv
+    from envs.babyai import BABYAI_LEVELS, BOT_NEEDS_TIME_LIMIT, DEFAULT_TIME_LIMIT_S, BabyAIEnv, replay
     from envs.babyai_variants import VARIANT_KINDS, variant_name, variant_origin
 
     def variant(kind: str) -> Callable[[str], str | None]:
@@ -92,6 +97,8 @@ def _babyai_spec() -> EnvSpec:
         default_time_limit_s=DEFAULT_TIME_LIMIT_S,
         variants={k: variant(k) for k in VARIANT_KINDS},
         expert_version=f"BabyAIBot (minigrid {minigrid.__version__})",
+        replayable=True,
+        replay=replay,  # plain minigrid: an independent check of the recorded verdict
     )
 
 
@@ -99,7 +106,8 @@ def _bfcl_spec() -> EnvSpec:
     from envs.bfcl import BfclEnv
     from envs.bfcl_data import CATEGORIES, VERSION
 
-    return EnvSpec(name="bfcl", levels=CATEGORIES, factory=BfclEnv, expert_version=f"gold calls (bfcl-eval {VERSION})")
+    return EnvSpec(name="bfcl", levels=CATEGORIES, factory=BfclEnv, expert_version=f"gold calls (bfcl-eval {VERSION})",
+                   replayable=True)
 
 
 _SPECS: dict[str, Callable[[], EnvSpec]] = {"babyai": _babyai_spec, "bfcl": _bfcl_spec}

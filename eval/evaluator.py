@@ -11,7 +11,7 @@ Infrastructure faults are not agent failures. An episode whose policy raised Pol
 server down or timing out) or whose environment crashed is re-run up to `episode_retries` times; a
 chunk whose actor died is re-run on a fresh actor up to `chunk_retries` times. What still fails is
 written as an episode with end_reason "infra_error": excluded from success and failure, counted
-on its own, never dropped. Every saved episode replays in plain minigrid (`lam eval --replay DIR`).
+on its own, never dropped. Every saved episode of a replayable world replays (`lam eval --replay DIR`, eval/replays.py).
 """
 from __future__ import annotations
 
@@ -355,29 +355,3 @@ def evaluate(
     result = {"overall": summarize(eps), "levels": per_level(eps), "wall_s": wall, "run": stats}
     result["overall"]["episodes_per_s"] = stats["episodes_run"] / wall if stats["episodes_run"] and wall else None
     return result
-
-
-def replay_dir(path: str | Path) -> dict:
-    """Re-run every saved episode's actions in a fresh environment; count verdict mismatches.
-    `path` is one store (with a manifest) or a suite directory holding one store per variant.
-    Actions the robustness suite kept from the environment (action_fail) are skipped, as they were."""
-    from data_collection.store import group_episodes
-    from envs.babyai import replay
-    from eval.replays import executed_actions
-
-    path = Path(path)
-    roots = [path] if (path / "manifest.json").exists() else sorted(p.parent for p in path.glob("*/manifest.json"))
-    if not roots:
-        raise FileNotFoundError(f"{path} holds no evaluation store (no manifest.json in it or its subfolders)")
-    checked, mismatched = 0, []
-    for root in roots:
-        events = read_events(root)
-        for ep in group_episodes(TrajectoryStore(root).read_records("episodes")):
-            if ep[0]["step"] < 0:  # took no step (infrastructure error): nothing to replay
-                continue
-            actions = executed_actions(ep, events.get(ep[0]["episode_id"], {}))
-            verdict = replay(ep[0]["level"], ep[0]["seed"], actions)
-            checked += 1
-            if verdict != ep[-1]["episode_success"]:
-                mismatched.append(ep[0]["episode_id"])
-    return {"checked": checked, "mismatched": mismatched}

@@ -159,6 +159,21 @@ def test_cluster_up_and_down_print_the_exact_ray_command(capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+# issue 21 item 8
+@pytest.mark.parametrize("action", ["status", "submit"])
+def test_cluster_commands_against_a_dead_address_say_so_in_one_line(action):
+    """Nothing listens at the dashboard address: one line naming it and what to do, not a traceback."""
+    address = f"http://127.0.0.1:{_free_port()}"
+    extra = ["--config", "configs/quickstart.yaml", "--set", "run_dir=/tmp/lam-never-written"] if action == "submit" else []
+    cmd = [sys.executable, "-m", "cluster.cli", "cluster", action, "--address", address, *extra]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode != 0
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert len(lines) == 1, lines[:20]
+    assert address in lines[0] and "connection refused" in lines[0] and "port forwarded" in lines[0]
+
+
 def test_submit_builds_a_working_dir_job_for_lam_pipeline(tmp_path):
     job = build_job(JobRequest(address="http://127.0.0.1:8265", config=str(CLUSTER / "smoke.yaml"), working_dir=str(REPO),
                                overrides=["run_dir=/mnt/shared/runs/smoke"], env={"HF_HOME": "/mnt/shared/hf"},

@@ -13,7 +13,8 @@ from data_collection.store import TrajectoryStore, group_episodes
 from envs.babyai import BabyAIEnv, replay
 from envs.base import Task
 from envs.registry import sample_tasks
-from eval.evaluator import ActorPool, load_episodes, replay_dir, run_units
+from eval.evaluator import ActorPool, load_episodes, run_units
+from eval.replays import replay_dir
 from eval.metrics import summarize
 from eval.suites import SuiteConfig, run_suite
 
