@@ -19,9 +19,11 @@ class JsonlLogger:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
-            # rows a killed run logged after its last checkpoint are logged again by the resumed run
-            rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            path.write_text("".join(r + "\n" for r in rows))
+            # rows a killed run logged after its last checkpoint (and a finished run's end-of-run eval) are
+            # logged again by the resumed run
+            rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+            keep = [r for r in rows if r["step"] < resume_step or (r["step"] == resume_step and "eval_loss" not in r)]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         self._f = open(path, "a")
 
     def log(self, step: int, metrics: dict) -> None:

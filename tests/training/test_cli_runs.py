@@ -155,7 +155,7 @@ def test_lora_bad_target_module_is_one_line(small_dataset, tiny_hf_model, tmp_pa
 def test_lam_dpo_command_trains_refuses_and_resumes(pairs_dataset, tiny_hf_model, tmp_path):
     out = tmp_path / "dpo"
     args = ["dpo", "--data", str(pairs_dataset), "--model", str(tiny_hf_model), "--out", str(out),
-            "lr=0.0005", "epochs=2.0", "pairs_per_step=2", "checkpoint_every=2", "threads=2"]
+            "lr=0.0005", "epochs=2.0", "pairs_per_step=2", "max_pairs=6", "checkpoint_every=2", "threads=2"]
     r = _lam(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout[r.stdout.index("{"):])
@@ -182,3 +182,17 @@ def test_lam_dpo_command_trains_refuses_and_resumes(pairs_dataset, tiny_hf_model
 
     r = _lam("dpo", "--data", str(pairs_dataset), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "config.json" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+
+
+# issue 21 items 14-15: the README's training commands parse as written
+def test_readme_training_commands_parse():
+    import shlex
+
+    from cluster.cli import build_parser
+
+    lines = [l.split("  #")[0].strip() for l in (ROOT / "README.md").read_text().splitlines()]
+    cmds = [l for l in lines if l.split()[:2] in (["lam", "train"], ["lam", "dpo"]) and l.split()[2] != "..."]
+    assert any(c.startswith("lam dpo ") for c in cmds) and any("--overwrite" in c for c in cmds), cmds
+    for cmd in cmds:  # optional parts in [...] taken as given; `a | b` alternatives both parse
+        words = shlex.split(cmd.replace("[", " ").replace("]", " ").replace(" | ", " "))[1:]
+        build_parser().parse_args([w for w in words if w != "..."])
