@@ -28,6 +28,16 @@ def _lam(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
+def _lam_here(capfd, *args):
+    """The same CLI in this process: a training run without the ~10 s of imports a fresh interpreter pays."""
+    from cluster.cli import main
+
+    capfd.readouterr()
+    rc = main(list(args))
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
 def _rows(out: Path) -> list[dict]:
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -46,7 +56,7 @@ def first_run(small_dataset, tmp_path_factory):
 
 
 # issue 21 item 9
-def test_train_into_existing_out_refuses_then_overwrite_starts_clean(first_run, small_dataset):
+def test_train_into_existing_out_refuses_then_overwrite_starts_clean(first_run, small_dataset, capfd):
     out, _ = first_run
     before = _snapshot(out)
     steps_before = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -62,10 +72,10 @@ def test_train_into_existing_out_refuses_then_overwrite_starts_clean(first_run, 
     assert r.returncode != 0 and "--resume" in r.stderr and _snapshot(out) == before
 
     (out / "notes.txt").write_text("mine")  # a file the trainer does not own survives --overwrite
-    r = _lam("train", "--data", str(small_dataset), "--out", str(out), "--overwrite", "epochs=0.5",
-             "checkpoint_every=0", *SMALL)
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    rc, stdout, stderr = _lam_here(capfd, "train", "--data", str(small_dataset), "--out", str(out), "--overwrite",
+                                   "epochs=0.5", "checkpoint_every=0", *SMALL)
+    assert rc == 0, stderr[-3000:]
+    summary = json.loads(stdout[stdout.index("{"):])
     # only the new run's checkpoint, and `latest` names it
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", f"step{summary['steps']}"]
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step{summary['steps']}"
@@ -74,7 +84,7 @@ def test_train_into_existing_out_refuses_then_overwrite_starts_clean(first_run, 
     assert len(list((out / "tb").glob("events.*"))) == 1
     assert (out / "notes.txt").read_text() == "mine"
     # issue 21 item 14: the op was built by the first run; a later run says nothing about it
-    assert OP_NOTE not in r.stderr
+    assert OP_NOTE not in stderr
 
 
 # issue 21 item 14
@@ -152,7 +162,7 @@ def test_lora_bad_target_module_is_one_line(small_dataset, tiny_hf_model, tmp_pa
 
 
 # issue 21 item 15 (DPO as a command)
-def test_lam_dpo_command_trains_refuses_and_resumes(pairs_dataset, tiny_hf_model, tmp_path):
+def test_lam_dpo_command_trains_refuses_and_resumes(pairs_dataset, tiny_hf_model, tmp_path, capfd):
     out = tmp_path / "dpo"
     args = ["dpo", "--data", str(pairs_dataset), "--model", str(tiny_hf_model), "--out", str(out),
             "lr=0.0005", "epochs=2.0", "pairs_per_step=2", "max_pairs=6", "checkpoint_every=2", "threads=2"]
@@ -172,9 +182,9 @@ def test_lam_dpo_command_trains_refuses_and_resumes(pairs_dataset, tiny_hf_model
 
     # resume from an earlier checkpoint: the same steps and loss as the uninterrupted run
     (out / "checkpoints" / "latest").write_text("step2")
-    r = _lam(*args, "--resume")
-    assert r.returncode == 0, r.stderr[-3000:]
-    resumed = json.loads(r.stdout[r.stdout.index("{"):])
+    rc, stdout, stderr = _lam_here(capfd, *args, "--resume")
+    assert rc == 0, stderr[-3000:]
+    resumed = json.loads(stdout[stdout.index("{"):])
     assert resumed["steps"] == summary["steps"]
     assert resumed["final_loss"] == pytest.approx(summary["final_loss"], rel=1e-4)
     steps = [row["step"] for row in _rows(out)]
