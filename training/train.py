@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from training.lora import LoraSettings
 
@@ -54,12 +54,12 @@ class TrainConfig(BaseModel):
     # LoRA adapters (peft) on `model` instead of training every weight; null = full fine-tuning
     lora: LoraSettings | None = None
 
-    @model_validator(mode="after")
-    def _lora_not_zero3(self):
-        if self.lora is not None and self.zero_stage == 3:
-            raise ValueError("lora trains only adapters and exports a merged model from unsharded weights: "
-                             "use zero_stage 0, 1 or 2")
-        return self
+    @field_validator("lora")
+    @classmethod
+    def _lora_not_zero3(cls, lora, info):
+        if lora is not None and info.data.get("zero_stage") == 3:
+            raise ValueError("merging the adapters for the export needs unsharded weights: use zero_stage 0, 1 or 2")
+        return lora
 
 
 def read_config(path: str | None, overrides: list[str], section: str = "train") -> dict:
@@ -80,7 +80,9 @@ def read_config(path: str | None, overrides: list[str], section: str = "train") 
         *parents, leaf = key.split(".")
         node = raw
         for name in parents:
-            node[name] = node.get(name) or {}
+            node[name] = {} if node.get(name) is None else node[name]
+            if not isinstance(node[name], dict):
+                raise ValueError(f"override {kv!r}: {name!r} is a value, not a section with keys")
             node = node[name]
         node[leaf] = yaml.safe_load(value)
     return raw
@@ -208,12 +210,14 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     device = engine.device
 
     ckpt_dir = out / "checkpoints"
-    step, epoch, batch_pos = 0, 0, 0
+    step, epoch, batch_pos, last_loss = 0, 0, 0, float("nan")
     if resume and (ckpt_dir / "latest").exists():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         step, epoch, batch_pos = client["step"], client["epoch"], client["batch_pos"]
+        last_loss = client.get("loss", last_loss)  # a finished run resumed still reports its final loss
     elif resume and rank == 0:
-        print(f"no checkpoint in {ckpt_dir} to resume from; training from step 0 (model: {cfg.model})")
+        print(f"no checkpoint in {ckpt_dir} to resume from; training from step 0 (model: {cfg.model})",
+              file=sys.stderr)
 
     if rank == 0:
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
@@ -221,11 +225,12 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     logger = MultiLogger(out, cfg.tensorboard, resume_step=step if resume else None) if rank == 0 else None
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters())  # ZeRO-3 partitions params
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters() if p.requires_grad)
-    tokens_seen, t_window, tok_window, last_loss = 0, time.perf_counter(), 0, float("nan")
+    tokens_seen, t_window, tok_window = 0, time.perf_counter(), 0
     stopped_early = False
 
     def save(tag_step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "epoch": epoch, "batch_pos": batch_pos})
+        state = {"step": tag_step, "epoch": epoch, "batch_pos": batch_pos, "loss": last_loss}
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state=state)
 
     columns = [TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps {task.fields[info]}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress or rank != 0) as bar:

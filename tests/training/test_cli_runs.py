@@ -86,6 +86,16 @@ def test_train_into_existing_out_refuses_then_overwrite_starts_clean(first_run, 
     # issue 21 item 14: the op was built by the first run; a later run says nothing about it
     assert OP_NOTE not in stderr
 
+    # --resume of the finished run: the same result, and no metric row logged twice
+    rows = _rows(out)
+    rc, stdout, stderr = _lam_here(capfd, "train", "--data", str(small_dataset), "--out", str(out), "--resume",
+                                   "epochs=0.5", "checkpoint_every=0", *SMALL)
+    assert rc == 0, stderr[-3000:]
+    again = json.loads(stdout[stdout.index("{"):])
+    assert (again["steps"], again["final_loss"], again["eval_loss"]) == (summary["steps"], summary["final_loss"],
+                                                                        summary["eval_loss"])
+    assert _rows(out) == rows
+
 
 # issue 21 item 14
 def test_first_train_says_deepspeed_builds_its_cpu_op(small_dataset, tmp_path):
