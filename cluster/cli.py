@@ -87,12 +87,13 @@ def _data(a) -> int:
 
 
 def _train(a) -> None:
-    from training.run_dir import prepare_out_dir
+    from training.run_dir import check_flags, prepare_out_dir
     from training.train import TrainConfig, launch_multiprocess, read_config, train
 
     raw = read_config(a.config, a.overrides)
     cfg = TrainConfig(**raw)  # a bad key fails here, before any rank or Ray worker starts
     # once, before any rank starts: a previous run in OUT is continued (--resume), deleted (--overwrite) or refused
+    check_flags(a.resume, a.overwrite)
     prepare_out_dir(a.out, a.resume, a.overwrite)
     if a.ray_workers:
         from training.ray_train import train_on_ray
@@ -109,8 +110,10 @@ def _train(a) -> None:
 
 def _dpo(a) -> None:
     from training.dpo import DPOConfig, train_dpo
+    from training.run_dir import check_flags
     from training.train import read_config
 
+    check_flags(a.resume, a.overwrite)
     cfg = DPOConfig(**read_config(a.config, a.overrides, section="dpo"))
     print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, cfg, resume=a.resume, overwrite=a.overwrite),
                      indent=1))

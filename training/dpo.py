@@ -220,6 +220,9 @@ def main() -> None:
     p.add_argument("--overwrite", action="store_true", help="delete a previous run's files in OUT and start over")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
+    from training.run_dir import check_flags
+
+    check_flags(a.resume, a.overwrite)
     cfg = DPOConfig(**read_config(a.config, a.overrides, section="dpo"))
     print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, cfg, resume=a.resume, overwrite=a.overwrite),
                      indent=1))

@@ -57,6 +57,7 @@ def train_on_ray(data: str, out: str, train_cfg: dict, workers: int, use_gpu: bo
 def main() -> None:
     import argparse
 
+    from training.run_dir import check_flags
     from training.train import read_config
 
     p = argparse.ArgumentParser(description="Train on a Ray cluster with Ray Train + DeepSpeed")
@@ -69,6 +70,7 @@ def main() -> None:
     p.add_argument("--overwrite", action="store_true", help="delete a previous run's files in OUT and start over")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
+    check_flags(a.resume, a.overwrite)
     raw = read_config(a.config, a.overrides)
     raw.setdefault("threads", 1)
     print(json.dumps(train_on_ray(a.data, a.out, raw, a.workers, a.gpus, a.resume, a.overwrite), indent=1))

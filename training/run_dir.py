@@ -20,10 +20,15 @@ def previous_run(out: Path) -> list[str]:
     return [name for name in TRAINER_FILES if (Path(out) / name).exists()]
 
 
-def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse or clear a previous run in OUT, before anything of the new run is written."""
+def check_flags(resume: bool, overwrite: bool) -> None:
+    """The command line's two ways into an existing OUT exclude each other."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in OUT and --overwrite deletes it: pass one of them")
+
+
+def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse or clear a previous run in OUT, before anything of the new run is written; with resume,
+    OUT is left as it is (overwrite then does not apply: the pipeline passes resume=True with the default)."""
     found = previous_run(Path(out))
     if resume or not found:
         return

@@ -358,6 +358,9 @@ def main() -> None:
     p.add_argument("--local_rank", type=int, default=None)  # passed by the deepspeed launcher
     p.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
     a = p.parse_args()
+    from training.run_dir import check_flags
+
+    check_flags(a.resume, a.overwrite)
     cfg = TrainConfig(**read_config(a.config, a.overrides))
     summary = train(a.data, a.out, cfg, resume=a.resume, progress=int(os.environ.get("RANK", "0")) == 0,
                     overwrite=a.overwrite)

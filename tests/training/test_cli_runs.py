@@ -217,3 +217,25 @@ def test_readme_training_commands_parse():
     for cmd in cmds:  # optional parts in [...] taken as given; `a | b` alternatives both parse
         words = shlex.split(cmd.replace("[", " ").replace("]", " ").replace(" | ", " "))[1:]
         build_parser().parse_args([w for w in words if w != "..."])
+
+
+# issue 21 item 9: the library defaults the pipeline relies on (it calls train/train_dpo without the CLI's flags)
+def test_library_defaults_resume_or_clear_and_never_touch_other_files(tmp_path):
+    import inspect
+
+    from training.dpo import train_dpo
+    from training.run_dir import RunExistsError, prepare_out_dir
+    from training.train import train
+
+    assert inspect.signature(train).parameters["overwrite"].default is True
+    assert inspect.signature(train_dpo).parameters["overwrite"].default is True
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step9")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 9}\n')
+    (tmp_path / "data.parquet").write_text("user data")
+    prepare_out_dir(tmp_path, resume=True, overwrite=True)  # the pipeline's self-boost phase: resume wins
+    assert (tmp_path / "checkpoints" / "latest").exists()
+    with pytest.raises(RunExistsError, match="--resume.*--overwrite"):
+        prepare_out_dir(tmp_path, resume=False, overwrite=False)
+    prepare_out_dir(tmp_path, resume=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.parquet"]
