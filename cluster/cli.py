@@ -3,7 +3,8 @@
     lam pipeline --config configs/quickstart.yaml
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --episodes 5000 --workers 2 --out runs/data [--resume]
     lam data stats runs/data ; lam data show runs/data --episode BabyAI-GoToLocal-v0-16 ; lam data repair runs/data
-    lam train --data runs/data --config configs/train/tiny.yaml --out runs/train
+    lam train --data runs/data --config configs/train/tiny.yaml --out runs/train [--resume | --overwrite]
+    lam dpo --data runs/data --model runs/train/export --out runs/dpo [--resume | --overwrite]
     lam serve --model runs/train/export --port 8000
     lam eval --model-url http://127.0.0.1:8000/v1 --model export --episodes 200 --out runs/eval
     lam eval --suite robustness --model-url URL --levels BabyAI-GoToLocal-v0 --trials 3 --out runs/rob [--resume]
