@@ -33,8 +33,8 @@ MESSAGE = "respond"  # the action a plain-text reply grounds to; it ends the epi
 MAX_CALLS = 16  # executed calls per episode; the longest gold plan makes 6
 # The functions offered per backend: what the tasks need plus a few for looking around.
 FUNCTIONS = {
-    FILES: ("ls", "cd", "find", "cat", "mkdir", "touch", "mv", "rm"),
-    MESSAGES: ("get_user_id", "send_message", "add_contact", "view_messages_sent"),
+    FILES: ("ls", "find", "cat", "mkdir", "touch", "mv", "rm"),  # no cd: every task works in the root folder
+    MESSAGES: ("get_user_id", "send_message", "add_contact"),
     TRADING: ("get_stock_info", "place_order", "add_to_watchlist", "remove_stock_from_watchlist", "get_watchlist"),
     TICKETS: ("create_ticket", "get_ticket"),
 }

@@ -196,6 +196,12 @@ def _part(kind, text, plan, writes=(), uses=()) -> Part:
     return Part(kind, text, plan, frozenset(writes), frozenset(set(uses) | set(writes)))
 
 
+def _one(action: Action) -> Callable[[], Plan]:
+    def plan():
+        yield action
+    return plan
+
+
 def _say(w: World, templates: list[str], **slots) -> str:
     return w.rng.choice(templates).format(**slots)
 
@@ -204,50 +210,50 @@ def _say(w: World, templates: list[str], **slots) -> str:
 def k_mkdir(w: World) -> Part:
     d = w.draw("folders")
     text = _say(w, ["Create a folder named {d}.", "Make a new directory called {d}.", "Please add a folder {d}."], d=d)
-    return _part("mkdir", text, lambda: (yield Action("mkdir", {"dir_name": d})), [FILES])
+    return _part("mkdir", text, _one(Action("mkdir", {"dir_name": d})), [FILES])
 
 
 def k_touch(w: World) -> Part:
     f = w.file_name()
     text = _say(w, ["Create an empty file named {f}.", "Make a new file called {f}.", "Please add a file {f}."], f=f)
-    return _part("touch", text, lambda: (yield Action("touch", {"file_name": f})), [FILES])
+    return _part("touch", text, _one(Action("touch", {"file_name": f})), [FILES])
 
 
 def k_rm(w: World) -> Part:
     f = w.file()
     text = _say(w, ["Delete the file {f}.", "Remove {f}.", "Please get rid of the file {f}."], f=f)
-    return _part("rm", text, lambda: (yield Action("rm", {"file_name": f})), [FILES])
+    return _part("rm", text, _one(Action("rm", {"file_name": f})), [FILES])
 
 
 def k_mv(w: World) -> Part:
     f, d = w.file(), w.folder()
     text = _say(w, ["Move {f} into the folder {d}.", "Put the file {f} in {d}.", "Please move {f} to {d}."], f=f, d=d)
-    return _part("mv", text, lambda: (yield Action("mv", {"source": f, "destination": d})), [FILES])
+    return _part("mv", text, _one(Action("mv", {"source": f, "destination": d})), [FILES])
 
 
 def k_send_id(w: World) -> Part:
     uid, msg = w.contacts[w.contact()], w.draw("texts")
     text = _say(w, ["Send the message '{m}' to user {u}.", "Message user {u}: '{m}'.", "Tell user {u} '{m}'."], m=msg, u=uid)
-    return _part("send_id", text, lambda: (yield Action("send_message", {"receiver_id": uid, "message": msg})), [MESSAGES])
+    return _part("send_id", text, _one(Action("send_message", {"receiver_id": uid, "message": msg})), [MESSAGES])
 
 
 def k_add_contact(w: World) -> Part:
     name = w.draw("names")
     text = _say(w, ["Add {n} to my contacts.", "Save {n} as a new contact.", "Please add the contact {n}."], n=name)
-    return _part("add_contact", text, lambda: (yield Action("add_contact", {"user_name": name})), [MESSAGES])
+    return _part("add_contact", text, _one(Action("add_contact", {"user_name": name})), [MESSAGES])
 
 
 def k_watch_add(w: World) -> Part:
     s = w.stock()
     text = _say(w, ["Add {s} to my watchlist.", "Watch the stock {s}.", "Please put {s} on my watchlist."], s=s)
-    return _part("watch_add", text, lambda: (yield Action("add_to_watchlist", {"stock": s})), [TRADING])
+    return _part("watch_add", text, _one(Action("add_to_watchlist", {"stock": s})), [TRADING])
 
 
 def k_watch_rm(w: World) -> Part:
     s = w.stock()
     w.watch.append(s)
     text = _say(w, ["Remove {s} from my watchlist.", "Stop watching {s}.", "Please take {s} off my watchlist."], s=s)
-    return _part("watch_rm", text, lambda: (yield Action("remove_stock_from_watchlist", {"symbol": s})), [TRADING])
+    return _part("watch_rm", text, _one(Action("remove_stock_from_watchlist", {"symbol": s})), [TRADING])
 
 
 def _order(s: str, price, n: int) -> Action:
@@ -258,14 +264,14 @@ def k_buy(w: World) -> Part:
     s, n, p = w.stock(), w.draw("shares"), w._price()
     text = _say(w, ["Buy {n} shares of {s} at {p}.", "Place a buy order for {n} {s} shares at {p} each.",
                     "Please buy {n} shares of {s} for {p} per share."], n=n, s=s, p=p)
-    return _part("buy", text, lambda: (yield _order(s, p, n)), [TRADING])
+    return _part("buy", text, _one(_order(s, p, n)), [TRADING])
 
 
 def k_ticket(w: World) -> Part:
     title, prio = w.draw("titles"), w.draw("priorities", unique=False)
     text = _say(w, ["Open a ticket titled '{t}' with priority {p}.", "Create a support ticket '{t}', priority {p}.",
                     "File a ticket called '{t}' at priority {p}."], t=title, p=prio)
-    return _part("ticket", text, lambda: (yield Action("create_ticket", {"title": title, "priority": prio})), [TICKETS])
+    return _part("ticket", text, _one(Action("create_ticket", {"title": title, "priority": prio})), [TICKETS])
 
 
 # -- kinds: a lookup whose result feeds the next call (level 3) ----------------------------------
@@ -469,6 +475,6 @@ def gold_plan(parts: list[Part]) -> Plan:
     answers = []
     for part in parts:
         answer = yield from part.plan()
-        if answer is not None:
+        if part.kind in QUESTION:
             answers.append(str(answer))
     return answers
