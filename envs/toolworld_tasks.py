@@ -16,6 +16,7 @@ and 5) whose crc32 is 0 mod 4 are held out: train never draws them, test does.
 """
 from __future__ import annotations
 
+import json
 import random
 import zlib
 from dataclasses import dataclass, field
@@ -109,8 +110,10 @@ class World:
 
     # -- drawing names and values from the split's pools ---------------------------------------
     def draw(self, pool: str, unique: bool = True):
-        options = [v for v in self.pools[pool] if not unique or str(v) not in self.used]
+        options = self.pools[pool]
         value = self.rng.choice(options)
+        while unique and str(value) in self.used:  # a world uses a few dozen values; pools are larger
+            value = self.rng.choice(options)
         self.values.add(str(value))
         if unique:
             self.used.add(str(value))
@@ -429,6 +432,10 @@ class Generated:
     parts: list[Part]
     configs: dict[str, dict]
     values: set[str] = field(default_factory=set)
+
+    def key(self) -> str:
+        """What makes two tasks the same: the request and the initial state."""
+        return self.request + json.dumps(self.configs, sort_keys=True, default=sorted)
 
     @property
     def apis(self) -> list[str]:
