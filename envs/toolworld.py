@@ -108,6 +108,16 @@ def run_gold(apis: dict, plan) -> list[str]:
         return list(stop.value or [])
 
 
+def split_of_task(task: Task) -> str:
+    """Split "all" (`lam agent audit`, the agent API) addresses a seed directly: its registry range says
+    which split's pools it draws from."""
+    if task.split != "all":
+        return task.split
+    from envs.registry import TEST_SEEDS
+
+    return "test" if task.seed >= TEST_SEEDS[0] else "train"
+
+
 class ToolWorldEnv:
     name = "toolworld"
 
@@ -118,7 +128,7 @@ class ToolWorldEnv:
 
     # -- Environment protocol ---------------------------------------------------------
     def reset(self, task: Task) -> Observation:
-        self.task, self.gen = task, generate(task.level, task.split, task.seed)
+        self.task, self.gen = task, generate(task.level, split_of_task(task), task.seed)
         self.apis, self._initial, self.goal = (_load(self.gen.configs) for _ in range(3))
         self.answers = run_gold(self.goal, gold_plan(self.gen.parts))
         self._changed = [a for a in APIS if not same_state(self._initial[a], self.goal[a])]
@@ -198,7 +208,7 @@ class ToolWorldEnv:
     def _observe(self, results: list[str], user_messages: list[str]) -> Observation:
         apis = {a: bfcl_data.summarize(_public(self.apis[a])) for a in self.gen.apis}
         state = {"calls": self.calls, "tool_results": results, "apis": apis}
-        info = {"task_id": self.task.task_id, "split": self.task.split, "kinds": list(self.gen.kinds)}
+        info = {"task_id": self.task.task_id, "split": self.gen.split, "kinds": list(self.gen.kinds)}
         return Observation(request=self.gen.request, state=bfcl_data.dumps(state), info=info,
                            user_messages=user_messages)
 

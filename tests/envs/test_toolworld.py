@@ -158,7 +158,7 @@ def test_memory_runs_and_retrieves_past_episodes(tmp_path):
 
 
 # issue 16 item 3
-def test_episodes_replay_from_level_seed_and_actions():
+def test_episodes_replay_from_level_seed_and_actions(capsys):
     env = make_env("toolworld")
     for level in LEVELS:
         task = sample_tasks("toolworld", [level], "test", 1, base_seed=3)[0]
@@ -169,6 +169,11 @@ def test_episodes_replay_from_level_seed_and_actions():
         last_write = max(i for i, a in enumerate(actions) if a.name not in READS)
         assert not replay(level, task.seed, actions[:last_write] + actions[last_write + 1:] + [reply], split="test")
         assert generate(level, "test", task.seed).request == ep.request  # same task, same request
+    # `lam agent audit` addresses seeds directly (split "all"): the seed's range picks the pools
+    from agent.replay import main as audit_main
+
+    audit_main(["--env", "toolworld", "--levels", "L3", "--limit", "3"])
+    assert json.loads(capsys.readouterr().out)["replay_passed"] == 3
 
 
 # issue 16 item 3
