@@ -27,7 +27,8 @@ from functools import lru_cache
 from envs import bfcl_data
 from envs.base import Action, ActionSpace, Observation, StepResult, Task
 from envs.bfcl import DESTRUCTIVE
-from envs.toolworld_tasks import APIS, FILES, LEVELS, MESSAGES, TICKETS, TRADING, generate, gold_plan
+from envs.toolworld_tasks import LEVELS, generate, gold_plan
+from envs.toolworld_world import APIS, FILES, MESSAGES, TICKETS, TRADING
 
 MESSAGE = "respond"  # the action a plain-text reply grounds to; it ends the episode
 MAX_CALLS = 16  # executed calls per episode; the longest gold plan makes 6
