@@ -91,7 +91,10 @@ contacts, user ids, symbols, prices, share counts, priorities, message texts, ti
 contents) is train or test by `split_of`, and each split draws only its own, so no test name or
 value appears in any train task. Compositions of kinds (L2, L4, L5) whose crc32 is 0 mod 4 are
 held out: train never draws them, so about a quarter of the composed test tasks combine kinds in
-an order training never showed. The sentence templates are shared by both splits.
+an order training never showed. Some pairings of a connector template ("Then", "After that,",
+"Also,") with the backends it joins are test-only too (`glue_held_out`). The sentence template of
+each single job is shared by both splits: a model trained from scratch learns the wording of the
+jobs, and is tested on unseen names, values, compositions and connector pairings.
 """
 
 

@@ -10,7 +10,8 @@ plan: a generator that yields `Action`s and receives each call's result, so a pl
 initial state to get the goal state; the expert runs the same plans live.
 
 Splits are disjoint on every generated name and value (envs/toolworld_world.py). Compositions of
-kinds (levels 2, 4 and 5) whose crc32 is 0 mod 4 are held out: train never draws them, test does.
+kinds (levels 2, 4 and 5) whose crc32 is 0 mod 4 are held out: train never draws them, test does;
+so are some pairings of a connector template ("Then", "After that,", ...) with the backends it joins.
 """
 from __future__ import annotations
 
@@ -276,6 +277,7 @@ class Generated:
     parts: list[Part]
     configs: dict[str, dict]
     values: set[str] = field(default_factory=set)
+    glues: list[str] = field(default_factory=list)  # the connector before each part after the first
 
     def key(self) -> str:
         """What makes two tasks the same: the request and the initial state."""
@@ -300,12 +302,26 @@ def _kinds(rng: random.Random, level: str, split: str) -> tuple[str, ...]:
         return kinds
 
 
-def _join(rng: random.Random, texts: list[str]) -> str:
-    out = texts[0]
-    for t in texts[1:]:
-        glue = rng.choice(_JOIN)
-        out += glue + (t if glue == " " else t[0].lower() + t[1:])
-    return out
+def junctions(parts: list[Part], glues: list[str]) -> list[tuple[str, str, str]]:
+    """(glue, backends before, backends after) per joint of a composed request."""
+    apis = ["+".join(sorted(p.uses)) for p in parts]
+    return [(g, a, b) for g, a, b in zip(glues, apis, apis[1:])]
+
+
+def glue_held_out(junction: tuple[str, str, str]) -> bool:
+    """Connector templates x backend pairs held out for test: e.g. "After that," never links a
+    file job to a trading job in train. Two sentences side by side (glue " ") are never held out."""
+    return junction[0] != " " and zlib.crc32("|".join(junction).encode()) % 4 == 0
+
+
+def _join(rng: random.Random, parts: list[Part], split: str) -> tuple[str, list[str]]:
+    out, glues = parts[0].text, []
+    for before, part in zip(parts, parts[1:]):
+        options = [g for g in _JOIN if split == "test" or not glue_held_out(junctions([before, part], [g])[0])]
+        glue = rng.choice(options)
+        glues.append(glue)
+        out += glue + (part.text if glue == " " else part.text[0].lower() + part.text[1:])
+    return out, glues
 
 
 def generate(level: str, split: str, seed: int) -> Generated:
@@ -317,8 +333,8 @@ def generate(level: str, split: str, seed: int) -> Generated:
     kinds = _kinds(rng, level, split)
     world = World(rng, split)
     parts = [KINDS[k](world) for k in kinds]
-    return Generated(level, split, seed, _join(rng, [p.text for p in parts]), kinds, parts, world.configs(),
-                     world.values)
+    request, glues = _join(rng, parts, split)
+    return Generated(level, split, seed, request, kinds, parts, world.configs(), world.values, glues)
 
 
 def gold_plan(parts: list[Part]) -> Plan:

@@ -17,7 +17,7 @@ from agent.replay import record_script  # noqa: E402
 from envs.base import Action, Task  # noqa: E402
 from envs.registry import get_env_spec, make_env, sample_tasks  # noqa: E402
 from envs.toolworld import replay  # noqa: E402
-from envs.toolworld_tasks import LEVELS, QUESTION, generate, held_out  # noqa: E402
+from envs.toolworld_tasks import LEVELS, QUESTION, generate, glue_held_out, held_out, junctions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = RunnerConfig(max_steps=20)
@@ -70,6 +70,11 @@ def test_splits_share_no_name_or_value_and_hold_out_combinations():
     assert not [k for k in train_kinds if len(k) > 1 and held_out(k)]
     unseen = [g for g in test if len(g.kinds) > 1 and held_out(g.kinds)]
     assert len(unseen) > 100 and not {g.kinds for g in unseen} & train_kinds
+    # connector template x backends: some pairings only ever appear in test requests
+    train_joints = {j for g in train for j in junctions(g.parts, g.glues)}
+    test_joints = {j for g in test for j in junctions(g.parts, g.glues)}
+    assert not [j for j in train_joints if glue_held_out(j)]
+    assert len([j for j in test_joints - train_joints if glue_held_out(j)]) >= 5
 
 
 # issue 16 item 3
