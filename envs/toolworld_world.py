@@ -26,14 +26,13 @@ def split_of(value) -> str:
     return "test" if key % 3 == 0 else "train"
 
 
-
 _WORDS = ("budget notes draft report invoice summary agenda minutes roadmap backlog memo ledger payroll "
           "contract receipt schedule survey forecast proposal checklist manual outline review plan audit "
           "script dataset config template poster slides journal diary recipe letter resume thesis essay "
           "chart diagram sketch photo banner logo index catalog inventory timeline").split()
 _FOLDERS = ("archive photos reports music videos backup drafts projects clients finance travel school "
             "recipes games books papers scans exports imports shared private old new misc assets media "
-            "logs temp research designs invoices contracts letters work home labs notes2 vault stash "
+            "logs temp research designs invoices contracts letters work home labs vault stash "
             "inbox outbox family garden sports").split()
 # A file is found by a word of its name: no word may hide inside another name.
 _FOLDERS = tuple(f for f in _FOLDERS if not any(w in f for w in _WORDS))
@@ -103,12 +102,13 @@ class World:
             self.used.add(str(value))
         return value
 
-    def number(self, lo: int, hi: int, fmt: Callable[[int], object]) -> object:
+    def number(self, lo: int, hi: int, fmt: Callable[[int], object], unique: bool = True) -> object:
         while True:
             value = fmt(self.rng.randint(lo, hi))
-            if split_of(value) == self.split and str(value) not in self.used:
+            if split_of(value) == self.split and not (unique and str(value) in self.used):
                 self.values.add(str(value))
-                self.used.add(str(value))
+                if unique:
+                    self.used.add(str(value))
                 return value
 
     def _user_id(self) -> str:
@@ -124,16 +124,14 @@ class World:
         return name
 
     # -- pieces of the initial state ---------------------------------------------------------
-    def file(self, in_folder: bool = False) -> str:
-        name, content = self.file_name(), self.content()
-        if in_folder and self.folders:
-            self.folders[self.rng.choice(sorted(self.folders))][name] = content
-        else:
-            self.files[name] = content
+    def file(self) -> str:
+        """A file in the root folder, where every task works."""
+        name = self.file_name()
+        self.files[name] = self.content()
         return name
 
     def content(self) -> str:
-        return f"{self.draw('texts', unique=False)} {self.number(10, 99, int)}"
+        return f"{self.draw('texts', unique=False)} {self.number(10, 99, int, unique=False)}"
 
     def folder(self) -> str:
         name = self.draw("folders")
