@@ -115,7 +115,7 @@ def _toolworld_spec() -> EnvSpec:
     from envs.toolworld import LEVEL_NAMES, ToolWorldEnv
 
     return EnvSpec(name="toolworld", levels=LEVEL_NAMES, factory=ToolWorldEnv,
-                   expert_version=f"toolworld planner (bfcl-eval {VERSION} backends)")
+                   expert_version=f"toolworld planner (bfcl-eval {VERSION} backends)", replayable=True)
 
 
 _SPECS: dict[str, Callable[[], EnvSpec]] = {"babyai": _babyai_spec, "bfcl": _bfcl_spec, "toolworld": _toolworld_spec}
