@@ -149,7 +149,6 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
 
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     # several data dirs (expert demos + self-boosted successes) train together
@@ -159,6 +158,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     env_name = records[0]["env"]
     action_names = get_env_spec(env_name).factory().action_names()
     convs = episode_conversations(episodes, action_names, cfg.history_window)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known good: a refused run leaves no OUT
 
     tok_dir = out / "tokenizer"
     if Path(cfg.model).is_dir():
