@@ -83,10 +83,14 @@ class ExpertPolicy:
         self._expert = env.make_expert()
 
     def act(self, messages, env, step, attempt):
-        decision = self._expert.act()
-        if isinstance(decision, Action) and action_space_of(env).kind == "text":
-            return decision.name
-        return as_output(decision)
+        return _expert_output(self._expert.act(), env)
+
+
+def _expert_output(decision, env) -> PolicyOutput | str:
+    """An expert's decision as the env's action space wants it: a name in text spaces, else tool calls."""
+    if isinstance(decision, Action) and action_space_of(env).kind == "text":
+        return decision.name
+    return as_output(decision)
 
 
 class RandomPolicy:
@@ -162,8 +166,11 @@ class PrefixExpertPolicy:
         self._expert = env.make_expert()
         self.prefix = random.Random(f"prefix/{self._seed}/{task.task_id}").randint(0, self._max_prefix)
 
-    def act(self, messages, env, step, attempt) -> str:
-        return self._expert.act().name if step < self.prefix else "done"
+    def act(self, messages, env, step, attempt) -> PolicyOutput | str:
+        if step < self.prefix:
+            return _expert_output(self._expert.act(), env)
+        # the claim: "done" in text spaces, a closing plain-text reply in tool spaces
+        return "done" if action_space_of(env).kind == "text" else PolicyOutput(content="Done.")
 
 
 class ModelEndpointError(Exception):

@@ -3,7 +3,8 @@
     lam pipeline --config configs/quickstart.yaml
     lam collect --env babyai --levels BabyAI-GoToLocal-v0 --episodes 5000 --workers 2 --out runs/data [--resume]
     lam data stats runs/data ; lam data show runs/data --episode BabyAI-GoToLocal-v0-16 ; lam data repair runs/data
-    lam train --data runs/data --config configs/train/tiny.yaml --out runs/train
+    lam train --data runs/data --config configs/train/tiny.yaml --out runs/train [--resume | --overwrite]
+    lam dpo --data runs/data --model runs/train/export --out runs/dpo [--resume | --overwrite]
     lam serve --model runs/train/export --port 8000
     lam eval --model-url http://127.0.0.1:8000/v1 --model export --episodes 200 --out runs/eval
     lam eval --suite robustness --model-url URL --levels BabyAI-GoToLocal-v0 --trials 3 --out runs/rob [--resume]
@@ -131,16 +132,17 @@ def _data(a) -> int:
 
 
 def _train(a) -> None:
-    import yaml
+    from training.run_dir import check_flags, prepare_out_dir
+    from training.train import TrainConfig, launch_multiprocess, read_config, train
 
-    from training.train import TrainConfig, launch_multiprocess, train
-
+    raw = read_config(a.config, a.overrides)
+    cfg = TrainConfig(**raw)  # a bad key fails here, before any rank or Ray worker starts
+    # once, before any rank starts: a previous run in OUT is continued (--resume), deleted (--overwrite) or refused
+    check_flags(a.resume, a.overwrite)
+    prepare_out_dir(a.out, a.resume, a.overwrite)
     if a.ray_workers:
         from training.ray_train import train_on_ray
 
-        raw = (yaml.safe_load(Path(a.config).read_text()) or {}) if a.config else {}
-        raw = raw.get("train", raw)
-        raw.update({k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in a.overrides)})
         print(json.dumps(train_on_ray(a.data, a.out, raw, a.ray_workers, a.gpus, a.resume), indent=1))
         return
     if a.nproc > 1:
@@ -148,19 +150,18 @@ def _train(a) -> None:
         if rc:
             raise RuntimeError(f"training ranks failed with exit code {rc}")
         return
+    print(json.dumps(train(a.data, a.out, cfg, resume=a.resume, overwrite=a.overwrite), indent=1))
 
-    raw = {}
-    if a.config:
-        if not Path(a.config).exists():
-            raise FileNotFoundError(f"config file {a.config} does not exist")
-        raw = yaml.safe_load(Path(a.config).read_text()) or {}
-        raw = raw.get("train", raw)
-    for kv in a.overrides:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise ValueError(f"override {kv!r} must look like key=value")
-        raw[k] = yaml.safe_load(v)
-    print(json.dumps(train(a.data, a.out, TrainConfig(**raw), resume=a.resume), indent=1))
+
+def _dpo(a) -> None:
+    from training.dpo import DPOConfig, train_dpo
+    from training.run_dir import check_flags
+    from training.train import read_config
+
+    check_flags(a.resume, a.overwrite)
+    cfg = DPOConfig(**read_config(a.config, a.overrides, section="dpo"))
+    print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, cfg, resume=a.resume, overwrite=a.overwrite),
+                     indent=1))
 
 
 def _eval(a) -> int:
@@ -354,12 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--config", default=None)
     s.add_argument("--out", required=True)
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue the run in OUT from its latest checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="delete the previous run's files in OUT and start over")
     s.add_argument("--nproc", type=int, default=1, help="ranks on this node (torchrun; gloo on CPU)")
     s.add_argument("--ray-workers", type=int, default=0, help="train on a Ray cluster with N Ray Train workers")
     s.add_argument("--gpus", action="store_true", help="with --ray-workers: one GPU per worker (NCCL)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.set_defaults(fn=_train)
+
+    s = sub.add_parser("dpo", help="preference training (DPO) on success/failure pairs of the same task",
+                       description="DPO (training/dpo.py), the pipeline's dpo phase as a command: pairs one verified "
+                                   "success (train/) with one failure (failures/) of the same task.")
+    s.add_argument("--data", required=True,
+                   help="comma-separated dataset dirs with train/ and failures/ (e.g. a pipeline run's boost/data)")
+    s.add_argument("--model", required=True, help="Hugging Face model dir to start from, e.g. runs/train/export")
+    s.add_argument("--config", default=None, help="YAML with a dpo: section (configs/recipe.yaml) or DPO keys")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true", help="continue the run in OUT from its latest checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="delete the previous run's files in OUT and start over")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="DPOConfig keys: beta=0.1 lr=2e-5 ...")
+    s.set_defaults(fn=_dpo)
 
     from serving.server import add_server_args, run_from_args  # light: no torch/transformers at import
 

@@ -126,6 +126,8 @@ def write_card(store: TrajectoryStore) -> dict:
 def transcript(root: str | Path, episode_id: str) -> str:
     """One episode, step by step, as the agent saw it; searched in train/ then failures/."""
     store = TrajectoryStore(Path(root))
+    if not (store.root / "manifest.json").exists():
+        raise DatasetError(f"no manifest.json in {store.root} (is this a lam dataset directory?)")
     for subset in ("train", "failures"):
         for path in store.shard_paths(subset):
             store.check_shard(path)

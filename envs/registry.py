@@ -110,7 +110,15 @@ def _bfcl_spec() -> EnvSpec:
                    replayable=True)
 
 
-_SPECS: dict[str, Callable[[], EnvSpec]] = {"babyai": _babyai_spec, "bfcl": _bfcl_spec}
+def _toolworld_spec() -> EnvSpec:
+    from envs.bfcl_data import VERSION
+    from envs.toolworld import LEVEL_NAMES, ToolWorldEnv
+
+    return EnvSpec(name="toolworld", levels=LEVEL_NAMES, factory=ToolWorldEnv,
+                   expert_version=f"toolworld planner (bfcl-eval {VERSION} backends)", replayable=True)
+
+
+_SPECS: dict[str, Callable[[], EnvSpec]] = {"babyai": _babyai_spec, "bfcl": _bfcl_spec, "toolworld": _toolworld_spec}
 
 
 def register_env(name: str, spec_fn: Callable[[], EnvSpec]) -> None:

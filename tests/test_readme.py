@@ -64,7 +64,10 @@ def test_readme_collect_stats_show(tmp_path, ray_local, monkeypatch, capsys):
         assert level in out
     # the README's example id must exist after the README's own collect command (fixed on branch fix/collect)
     assert cli.main(show[1:]) == 0, capsys.readouterr().err
-    assert episode in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"episode  {episode}")
+    # an id that does not exist (a PickupLoc seed under the GoToLocal name): the error offers real ids
+    assert cli.main(show[1:-1] + [episode.rsplit("-", 1)[0] + "-17"]) == 2
+    assert "try BabyAI-GoToLocal-v0-" in capsys.readouterr().err
 
 
 def _curl(argv: list[str]) -> str:

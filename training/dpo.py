@@ -1,6 +1,7 @@
 """Preference learning (DPO, Rafailov et al. 2023) on success/failure pairs of the same task.
 
-    python -m training.dpo --data runs/recipe/boost --model runs/recipe/train/export --out runs/recipe/dpo
+    lam dpo --data runs/recipe/boost/data --model runs/recipe/train/export --out runs/dpo [--resume] [key=value ...]
+    python -m training.dpo --data runs/recipe/boost/data --model runs/recipe/train/export --out runs/recipe/dpo
 
 A pair is one environment-verified success and one failure of the model on the same task (level,
 seed). An episode's log-probability is the sum over its action tokens across its history windows,
@@ -30,6 +31,10 @@ class DPOConfig(BaseModel):
     zero_stage: int = 0
     threads: int | None = None
     seed: int = 0
+    # optimizer steps between checkpoints (OUT/checkpoints, for --resume); 0 = only at the end
+    checkpoint_every: int = 50
+    # scalars to OUT/tb as well as OUT/metrics.jsonl: tensorboard --logdir OUT/tb
+    tensorboard: bool = True
 
 
 def make_pairs(records: list[dict], max_pairs: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
@@ -72,10 +77,36 @@ class NoPairsError(ValueError):
     """The data holds no task with both a verified success and a failure: DPO has nothing to learn from."""
 
 
-def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig, progress: bool = True) -> dict:
-    from training.train import _setup_dist
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The pair order of one epoch, a function of (seed, epoch) alone, so a resumed run sees the same order."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
 
+
+def _check_inputs(data_dirs: list[str], model_dir: str) -> None:
+    if not (Path(model_dir) / "config.json").exists():
+        raise FileNotFoundError(f"--model {model_dir} is not a Hugging Face model directory (no config.json); "
+                                f"pass a `lam train` export, e.g. runs/train/export")
+    for d in data_dirs:
+        if not (Path(d) / "manifest.json").exists():
+            raise FileNotFoundError(f"--data {d} is not a lam dataset (no manifest.json); pass a dir with "
+                                    f"train/ and failures/, e.g. a pipeline run's boost/data")
+
+
+def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig, progress: bool = True,
+              resume: bool = False, overwrite: bool = True) -> dict:
+    """DPO into OUT. resume: continue from OUT/checkpoints/latest; otherwise a previous run in OUT is deleted
+    (overwrite=True, the pipeline's way) or refused with RunExistsError (`lam dpo` without --overwrite)."""
+    from training.metrics import check_tensorboard
+    from training.run_dir import prepare_out_dir
+    from training.train import _setup_dist, note_op_build
+
+    _check_inputs(data_dirs, model_dir)
+    prepare_out_dir(out_dir, resume, overwrite)
+    check_tensorboard(cfg.tensorboard)
     _setup_dist()
+    note_op_build()
     import copy
 
     import deepspeed
@@ -93,7 +124,6 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     torch.set_num_threads(cfg.threads or 2)
     torch.manual_seed(cfg.seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     records = []
     for d in data_dirs:
@@ -104,6 +134,8 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     pairs = make_pairs(records, cfg.max_pairs, cfg.seed)
     if not pairs:
         raise NoPairsError(f"no success/failure pairs on the same task in {data_dirs}: sample more trials per task")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dpo_config.json").write_text(cfg.model_dump_json(indent=1))
     tok = load_tokenizer(model_dir)
     enc = ChatEncoder(tok)
     names = get_env_spec(records[0]["env"]).factory().action_names()
@@ -125,33 +157,45 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
         ref = [(float(_seq_logp(reference, g, tok.pad_token_id, device)[0]),
                 float(_seq_logp(reference, b, tok.pad_token_id, device)[0])) for g, b in encoded]
 
-    logger = MultiLogger(out)
+    ckpt = out / "checkpoints"
+    step, epoch, pos, accs, last = 0, 0, 0, [], float("nan")
+    if resume and (ckpt / "latest").exists():
+        _, state = engine.load_checkpoint(str(ckpt))
+        step, epoch, pos, accs, last = state["step"], state["epoch"], state["pos"], state["accs"], state["last"]
+    logger = MultiLogger(out, cfg.tensorboard, resume_step=step if resume else None)
     steps = max(1, int(len(encoded) * cfg.epochs) // cfg.pairs_per_step)
-    order = list(range(len(encoded)))
-    rng = random.Random(cfg.seed)
-    step, accs, last = 0, [], float("nan")
+    per_epoch = max(1, len(encoded) // cfg.pairs_per_step)  # fewer pairs than pairs_per_step: one short step
+
+    def save() -> None:
+        engine.save_checkpoint(str(ckpt), tag=f"step{step}",
+                               client_state={"step": step, "epoch": epoch, "pos": pos, "accs": accs[-50:], "last": last})
+
     with Progress(disable=not progress) as bar:
-        job = bar.add_task("dpo", total=steps)
+        job = bar.add_task("dpo", total=steps, completed=step)
         while step < steps:
-            rng.shuffle(order)
-            for start in range(0, len(order) - cfg.pairs_per_step + 1, cfg.pairs_per_step):
+            order = _epoch_order(len(encoded), cfg.seed, epoch)
+            while pos < per_epoch and step < steps:
+                chosen = order[pos * cfg.pairs_per_step : (pos + 1) * cfg.pairs_per_step]
                 loss = 0.0
-                for i in order[start : start + cfg.pairs_per_step]:
+                for i in chosen:
                     g, b = encoded[i]
                     lg, ng = _seq_logp(engine.module, g, tok.pad_token_id, device)
                     lb, _ = _seq_logp(engine.module, b, tok.pad_token_id, device)
                     margin = cfg.beta * ((lg - ref[i][0]) - (lb - ref[i][1]))
                     loss = loss - torch.nn.functional.logsigmoid(margin) - cfg.sft_weight * lg / max(ng, 1)
                     accs.append(float(margin > 0))
-                loss = loss / cfg.pairs_per_step
+                loss = loss / len(chosen)
                 engine.backward(loss)
                 engine.step()
-                step += 1
+                step, pos = step + 1, pos + 1
                 last = float(loss.detach())
                 logger.log(step, {"dpo_loss": last, "reward_accuracy": sum(accs[-50:]) / len(accs[-50:])})
-                bar.update(job, advance=1)
-                if step >= steps:
-                    break
+                bar.update(job, completed=step)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    save()
+            if pos >= per_epoch:
+                epoch, pos = epoch + 1, 0
+    save()
     export = out / "export"
     export_hf(engine, policy.lm, tok, export, zero_stage=cfg.zero_stage)
     logger.close()
@@ -165,16 +209,23 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
 def main() -> None:
     import argparse
 
+    from training.train import read_config
+
     p = argparse.ArgumentParser(description="DPO on success/failure pairs")
     p.add_argument("--data", required=True, help="comma-separated dataset dirs holding train/ and failures/")
     p.add_argument("--model", required=True)
+    p.add_argument("--config", default=None, help="YAML with a dpo: section, or DPO keys at top level")
     p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run's files in OUT and start over")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    import yaml
+    from training.run_dir import check_flags
 
-    raw = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in a.overrides)}
-    print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, DPOConfig(**raw)), indent=1))
+    check_flags(a.resume, a.overwrite)
+    cfg = DPOConfig(**read_config(a.config, a.overrides, section="dpo"))
+    print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, cfg, resume=a.resume, overwrite=a.overwrite),
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Multi-node training: Ray Train's TorchTrainer drives the same DeepSpeed loop on every worker.
 
-    python -m training.ray_train --data /shared/data --out /shared/train --workers 8 --gpus [--config CFG] [k=v ...]
+    python -m training.ray_train --data /shared/data --out /shared/train --workers 8 --gpus [--config CFG] [--resume | --overwrite] [k=v ...]
 
 Run on a Ray cluster (RAY_ADDRESS=auto or `lam cluster submit`); `--data` and `--out` must be on
 storage every node sees. Ray Train creates the process group (NCCL on GPUs, gloo on CPU); each
@@ -27,13 +27,16 @@ def _worker_loop(config: dict) -> None:
     ray.train.report({"final_loss": summary["final_loss"], "eval_loss": summary["eval_loss"]})
 
 
-def train_on_ray(data: str, out: str, train_cfg: dict, workers: int, use_gpu: bool, resume: bool = False) -> dict:
+def train_on_ray(data: str, out: str, train_cfg: dict, workers: int, use_gpu: bool, resume: bool = False,
+                 overwrite: bool = True) -> dict:
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.ray_local import init_ray
+    from training.run_dir import prepare_out_dir
 
+    prepare_out_dir(out, resume, overwrite)  # once, here: the workers then find OUT clean or resumable
     started = init_ray()
     try:
         cpus = 1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
@@ -54,7 +57,8 @@ def train_on_ray(data: str, out: str, train_cfg: dict, workers: int, use_gpu: bo
 def main() -> None:
     import argparse
 
-    import yaml
+    from training.run_dir import check_flags
+    from training.train import read_config
 
     p = argparse.ArgumentParser(description="Train on a Ray cluster with Ray Train + DeepSpeed")
     p.add_argument("--data", required=True)
@@ -63,15 +67,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gpus", action="store_true", help="one GPU per worker, NCCL")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run's files in OUT and start over")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    raw = (yaml.safe_load(Path(a.config).read_text()) or {}) if a.config else {}
-    raw = raw.get("train", raw)
-    for kv in a.overrides:
-        k, _, v = kv.partition("=")
-        raw[k] = yaml.safe_load(v)
+    check_flags(a.resume, a.overwrite)
+    raw = read_config(a.config, a.overrides)
     raw.setdefault("threads", 1)
-    print(json.dumps(train_on_ray(a.data, a.out, raw, a.workers, a.gpus, a.resume), indent=1))
+    print(json.dumps(train_on_ray(a.data, a.out, raw, a.workers, a.gpus, a.resume, a.overwrite), indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Imitation training of an action model through a real DeepSpeed engine (ZeRO 0-3; gloo on CPU).
 
-    lam train --data runs/qs/data --config configs/train/tiny.yaml --out runs/qs/train
+    lam train --data runs/qs/data --config configs/train/tiny.yaml --out runs/qs/train [--resume | --overwrite]
     deepspeed --num_gpus 2 -m training.train --data DIR --config CFG --out DIR      # several ranks
     torchrun --nproc_per_node 2 -m training.train --data DIR --config CFG --out DIR
 
@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from training.lora import LoraSettings
 
 
 class TrainConfig(BaseModel):
@@ -47,6 +50,43 @@ class TrainConfig(BaseModel):
     eval_fraction: float = 0.02
     threads: int | None = None  # torch threads per rank (default: cores / ranks)
     seed: int = 0
+    # scalars to OUT/tb as well as OUT/metrics.jsonl: tensorboard --logdir OUT/tb
+    tensorboard: bool = True
+    # LoRA adapters (peft) on `model` instead of training every weight; null = full fine-tuning
+    lora: LoraSettings | None = None
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_not_zero3(cls, lora, info):
+        if lora is not None and info.data.get("zero_stage") == 3:
+            raise ValueError("merging the adapters for the export needs unsharded weights: use zero_stage 0, 1 or 2")
+        return lora
+
+
+def read_config(path: str | None, overrides: list[str], section: str = "train") -> dict:
+    """YAML (its `section` if it has one, as a pipeline config does) plus key=value overrides;
+    a dotted key sets a nested one: lora.r=16."""
+    import yaml
+
+    raw: dict = {}
+    if path:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = raw.get(section, raw) or {}
+    for kv in overrides:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ValueError(f"override {kv!r} must look like key=value")
+        *parents, leaf = key.split(".")
+        node = raw
+        for name in parents:
+            node[name] = {} if node.get(name) is None else node[name]
+            if not isinstance(node[name], dict):
+                raise ValueError(f"override {kv!r}: {name!r} is a value, not a section with keys")
+            node = node[name]
+        node[leaf] = yaml.safe_load(value)
+    return raw
 
 
 def _setup_dist() -> tuple[int, int]:
@@ -70,24 +110,45 @@ def _setup_dist() -> tuple[int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+SHM_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU communication op (op_builder/cpu/comm.py)
+
+
+def note_op_build() -> None:
+    """The first CPU run compiles DeepSpeed's communication op (~60 s, no output): say so before it starts."""
+    ext = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if os.environ.get("DS_ACCELERATOR") == "cpu" and ext and not (Path(ext) / SHM_OP / f"{SHM_OP}.so").exists():
+        print(f"building DeepSpeed's CPU op once, ~60 s (into {ext})", file=sys.stderr, flush=True)
+
+
+def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: bool = False, progress: bool = True,
+          overwrite: bool = True) -> dict:
+    """Train into OUT. resume: continue from OUT/checkpoints/latest. Without it, a previous run's files in OUT
+    are deleted first (overwrite=True: the pipeline, which resumes whenever OUT has checkpoints) or refused
+    with RunExistsError (overwrite=False: `lam train` without --overwrite)."""
     rank, world = _setup_dist()
+    out = Path(out_dir)
+    if rank == 0:  # before anything of this run is written; the other ranks write nothing before a barrier
+        from training.metrics import check_tensorboard
+        from training.run_dir import prepare_out_dir
+
+        prepare_out_dir(out, resume, overwrite)
+        check_tensorboard(cfg.tensorboard)
+        note_op_build()
     import deepspeed
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from data_collection.store import TrajectoryStore, group_episodes
+    from training import lora
     from training.export import export_hf
     from training.metrics import MultiLogger
     from training.model import ActionLoss, build_model
-    from training.samples import build_samples, collate, episode_conversations, make_batches, tokenizer_texts
+    from training.samples import collate, episode_conversations, make_batches, tokenizer_texts
     from training.tokenizer import ChatEncoder, SampleError, load_tokenizer, train_tokenizer
     from training.zero_config import deepspeed_config
 
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     # several data dirs (expert demos + self-boosted successes) train together
@@ -98,32 +159,30 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     convs = episode_conversations(episodes)
     if not convs:
         raise SampleError(f"no step in {', '.join(dirs)} has a valid action with a stored conversation to learn")
+    sample_report: dict = {}
+    own_tokenizer = Path(cfg.model).is_dir()
+    if own_tokenizer:  # the model's own tokenizer and chat template; checked before OUT is made
+        tokenizer = load_tokenizer(cfg.model)
+        samples = _samples(convs, ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}"), cfg, sample_report)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known good: a refused run leaves no OUT
 
     tok_dir = out / "tokenizer"
-    if Path(cfg.model).is_dir():
-        tokenizer = load_tokenizer(cfg.model)  # the model's own tokenizer and chat template
-    elif (tok_dir / "tokenizer.json").exists() and resume:
+    if not own_tokenizer:
+        if not ((tok_dir / "tokenizer.json").exists() and resume):
+            if rank == 0:
+                train_tokenizer(tokenizer_texts(convs[:20000]), vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
+            if world > 1:
+                deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+                torch.distributed.barrier()
         tokenizer = load_tokenizer(tok_dir)
-    else:
-        if rank == 0:
-            train_tokenizer(tokenizer_texts(convs[:20000]), vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
-        if world > 1:
-            deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-            torch.distributed.barrier()
-        tokenizer = load_tokenizer(tok_dir)
-
-    sample_report: dict = {}
-    encoder = ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}" if Path(cfg.model).is_dir() else "the project tokenizer")
-    samples = build_samples(convs, encoder, cfg.max_seq_len, sample_report)
-    if not samples:
-        raise SampleError(f"every sample is longer than max_seq_len={cfg.max_seq_len} before its first action ends "
-                          f"({sample_report['samples_dropped_too_long']} dropped); raise max_seq_len")
+        samples = _samples(convs, ChatEncoder(tokenizer, name="the project tokenizer"), cfg, sample_report)
     if sample_report["actions_dropped_too_long"] and rank == 0:
         print(f"lam train: {sample_report['actions_dropped_too_long']} actions past max_seq_len={cfg.max_seq_len} "
               "are not trained on (their samples end before them; counted in summary.json)", flush=True)
     split = max(1, int(len(samples) * cfg.eval_fraction))
     eval_samples, train_samples = samples[:split], samples[split:]
     lm = build_model(cfg.model, vocab_size=len(tokenizer), max_positions=cfg.max_seq_len, seed=cfg.seed)
+    peft_model = lora.wrap(lm, cfg.lora) if cfg.lora else None  # adapters go into `lm`, base weights freeze
     model = ActionLoss(lm)
 
     batches_per_epoch = len(make_batches(train_samples, cfg.tokens_per_batch, cfg.seed, 0)) // world
@@ -135,10 +194,12 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         frac = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [g for g in groups if g["params"]],  # LoRA has no 1-d params; DeepSpeed drops an empty group
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
@@ -153,23 +214,27 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     device = engine.device
 
     ckpt_dir = out / "checkpoints"
-    step, epoch, batch_pos = 0, 0, 0
+    step, epoch, batch_pos, last_loss = 0, 0, 0, float("nan")
     if resume and (ckpt_dir / "latest").exists():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         step, epoch, batch_pos = client["step"], client["epoch"], client["batch_pos"]
+        last_loss = client.get("loss", last_loss)  # a finished run resumed still reports its final loss
     elif resume and rank == 0:
-        print(f"no checkpoint in {ckpt_dir} to resume from; training from step 0 (model: {cfg.model})")
+        print(f"no checkpoint in {ckpt_dir} to resume from; training from step 0 (model: {cfg.model})",
+              file=sys.stderr)
 
     if rank == 0:
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=1))
         (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
-    logger = MultiLogger(out) if rank == 0 else None
+    logger = MultiLogger(out, cfg.tensorboard, resume_step=step if resume else None) if rank == 0 else None
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters())  # ZeRO-3 partitions params
-    tokens_seen, t_window, tok_window, last_loss = 0, time.perf_counter(), 0, float("nan")
+    n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters() if p.requires_grad)
+    tokens_seen, t_window, tok_window = 0, time.perf_counter(), 0
     stopped_early = False
 
     def save(tag_step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "epoch": epoch, "batch_pos": batch_pos})
+        state = {"step": tag_step, "epoch": epoch, "batch_pos": batch_pos, "loss": last_loss}
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state=state)
 
     columns = [TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps {task.fields[info]}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress or rank != 0) as bar:
@@ -209,6 +274,8 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     save(step)
     eval_loss = evaluate_loss(engine.module, eval_samples, tokenizer.pad_token_id, cfg.tokens_per_batch, device)
     export_dir = out / "export"
+    if peft_model is not None:  # serve a plain model: the adapters folded into the base weights
+        lm = lora.merged(peft_model, out / "adapter" if rank == 0 else None)
     export_hf(engine, lm, tokenizer, export_dir, zero_stage=cfg.zero_stage, rank=rank)
     summary = {
         "steps": step,
@@ -217,6 +284,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         "final_loss": last_loss,
         "eval_loss": eval_loss,
         "params": n_params,
+        "trainable_params": n_trainable,
         "train_samples": len(train_samples),
         **sample_report,
         "episodes": len(episodes),
@@ -228,6 +296,17 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         logger.close()
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _samples(convs, encoder, cfg: TrainConfig, report: dict) -> list:
+    from training.samples import build_samples
+    from training.tokenizer import SampleError
+
+    samples = build_samples(convs, encoder, cfg.max_seq_len, report)
+    if not samples:
+        raise SampleError(f"every sample is longer than max_seq_len={cfg.max_seq_len} before its first action ends "
+                          f"({report['samples_dropped_too_long']} dropped); raise max_seq_len")
+    return samples
 
 
 def evaluate_loss(model, samples, pad_id: int, tokens_per_batch: int, device) -> float:
@@ -286,22 +365,21 @@ def main() -> None:
     # torch.distributed deprecation notices from inside DeepSpeed, once per collective call
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    import yaml
-
     p = argparse.ArgumentParser(description="Train an action model (DeepSpeed).")
     p.add_argument("--data", required=True)
     p.add_argument("--config", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run's files in OUT and start over")
     p.add_argument("--local_rank", type=int, default=None)  # passed by the deepspeed launcher
     p.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
     a = p.parse_args()
-    raw = yaml.safe_load(Path(a.config).read_text()) if a.config else {}
-    raw = raw.get("train", raw) or {}
-    for kv in a.overrides:
-        k, _, v = kv.partition("=")
-        raw[k] = yaml.safe_load(v)
-    summary = train(a.data, a.out, TrainConfig(**raw), resume=a.resume, progress=int(os.environ.get("RANK", "0")) == 0)
+    from training.run_dir import check_flags
+
+    check_flags(a.resume, a.overwrite)
+    cfg = TrainConfig(**read_config(a.config, a.overrides))
+    summary = train(a.data, a.out, cfg, resume=a.resume, progress=int(os.environ.get("RANK", "0")) == 0,
+                    overwrite=a.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
 

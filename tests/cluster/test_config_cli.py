@@ -72,3 +72,16 @@ def test_pipeline_exits_nonzero_when_a_policy_has_no_evaluation_episodes(tmp_pat
     assert "no evaluation episodes for model" in capsys.readouterr().err
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\nseed: 2\n")
     assert cli.main(["pipeline", "--config", str(cfg)]) == 0
+
+
+# issue 21 items 9-10: a refused command changes nothing, not even an empty OUT
+def test_train_on_a_missing_dataset_is_one_line_and_creates_no_out(tmp_path, capsys):
+    from cluster import cli
+
+    out = tmp_path / "train"
+    assert cli.main(["train", "--data", str(tmp_path / "nope"), "--config", str(ROOT / "configs/train/tiny.yaml"),
+                     "--out", str(out)]) == 2
+    assert "is this a lam dataset directory" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["data", "show", str(tmp_path / "nope"), "--episode", "x"]) == 2
+    assert "no manifest.json in" in capsys.readouterr().err

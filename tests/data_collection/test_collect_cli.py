@@ -96,21 +96,3 @@ def test_ctrl_c_names_the_command_that_resumes_and_that_command_finishes(tmp_pat
     done = subprocess.run(lam + again[1:], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["kept"] == 150
-
-
-# issue 21 item 14
-def test_readme_collect_then_data_show_work_as_written(ray_local, tmp_path, monkeypatch, capsys):
-    lines = (ROOT / "README.md").read_text().splitlines()
-    readme_collect = "lam collect --env babyai --levels BabyAI-GoToLocal-v0,BabyAI-PickupLoc-v0 --episodes 5000"
-    collect_line = next(x for x in lines if x.startswith(readme_collect))
-    show_line = next(x for x in lines if x.startswith("lam data show "))
-    args = shlex.split(collect_line)[1:]
-    args[args.index("--episodes") + 1] = "20"  # the README's flags, a smaller count
-    monkeypatch.chdir(tmp_path)
-    assert main(args) == 0
-    capsys.readouterr()
-    show = shlex.split(show_line.split("#")[0])[1:]
-    assert main(show) == 0, capsys.readouterr().err
-    assert capsys.readouterr().out.startswith(f"episode  {show[show.index('--episode') + 1]}")
-    assert main(show[:-1] + ["BabyAI-GoToLocal-v0-17"]) == 2  # a PickupLoc seed: the error offers real ids
-    assert "try BabyAI-GoToLocal-v0-1" in capsys.readouterr().err
