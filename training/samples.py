@@ -71,7 +71,8 @@ def _check_calls(msg: dict, tools: list[dict], where: str) -> None:
 
 def episode_conversations(episodes: list[list[dict]]) -> list[Conversation]:
     """Each episode's steps (sorted rows of one episode) as conversations; an assistant message is
-    learned where the step's action was valid (the environment took it)."""
+    learned where the step's action was valid and not blocked by the safety guard (the environment
+    took it); the others stay in the conversation as context, as the agent saw them."""
     convs: list[Conversation] = []
     for ep in episodes:
         rows = [r for r in ep if r["step"] >= 0 and r.get("messages")]
@@ -80,7 +81,7 @@ def episode_conversations(episodes: list[list[dict]]) -> list[Conversation]:
             msgs, tools = step_messages(r), step_tools(r)
             where = f"episode {r['episode_id']} step {r['step']}"
             msg = _assistant_message(r, rows[k + 1] if k + 1 < len(rows) else None, msgs)
-            learn = bool(r["valid"] and r["action"])
+            learn = bool(r["valid"] and r["action"] and not r["blocked"])  # what the environment took
             if learn:
                 _check_calls(msg, tools, where)
             if cur is not None and cur.tools == tools and msgs[: len(cur.messages)] == cur.messages:
