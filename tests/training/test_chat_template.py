@@ -1,7 +1,7 @@
 """One chat template from training to serving (issue 16 item 2): training samples are rendered from the
 stored conversation through the model's own template, and the served prompt for an agent's step t is,
 token for token, the training sample's prefix before step t's action; labels cover exactly the actions.
-For BabyAI (text) and BFCL (tools), with the project template and with a ChatML model directory that
+For BabyAI (text), BFCL and the generated tool world (tools), with the project template and with a ChatML model directory that
 carries Qwen 2.5's tools template."""
 import json
 from pathlib import Path
@@ -35,7 +35,8 @@ def episodes():
     babyai = [_records(make_env("babyai"), Task("babyai", "BabyAI-GoToLocal-v0", s)) for s in (3, 5)]
     bfcl = [_records(make_env("bfcl"), Task("bfcl", "multi_turn_base", 0, "all"))]
     notes = [_records(NotesEnv(), Task("notes", "notes", 0))]
-    return {"babyai": babyai, "bfcl": bfcl, "notes": notes}
+    toolworld = [_records(make_env("toolworld"), Task("toolworld", "L5", 0))]  # find, then act on what came back
+    return {"babyai": babyai, "bfcl": bfcl, "notes": notes, "toolworld": toolworld}
 
 
 def _texts(episodes) -> list[str]:
@@ -88,7 +89,7 @@ def _served_prompt(client, backend: Recording, row: dict) -> list[int]:
 
 
 # issue 16 item 2
-@pytest.mark.parametrize("env", ["babyai", "bfcl"])
+@pytest.mark.parametrize("env", ["babyai", "bfcl", "toolworld"])
 def test_served_prompt_is_the_training_prefix_and_labels_are_the_actions(env, episodes, model_dir):
     from transformers import AutoTokenizer
 
