@@ -69,17 +69,23 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
     return report
 
 
-def print_report(report: dict) -> None:
+def _results_table(title: str, report: dict, overall: bool):
+    """Per level and policy (and all levels, if `overall`): the rows both terminal summaries print."""
     from rich.table import Table
 
-    table = Table(title="lam pipeline: held-out evaluation")
+    table = Table(title=title)
     for col in ("level", "policy", "episodes", "success", "95% CI", "steps", "invalid", "false succ."):
         table.add_column(col)
     for name, r in report["policies"].items():
-        for lvl, m in r["levels"].items():
+        rows = list(r["levels"].items()) + ([("all levels", r["overall"])] if overall else [])
+        for lvl, m in rows:
             table.add_row(lvl, name, *_level_cells(m))
+    return table
+
+
+def print_report(report: dict) -> None:
     console = stdout_console()
-    console.print(table)
+    console.print(_results_table("lam pipeline: held-out evaluation", report, overall=False))
     console.print("stage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in report["stage_wall_s"].items()))
 
 
@@ -125,16 +131,8 @@ def write_eval_report(out: Path, name: str, result: dict, config: dict) -> dict:
 
 
 def print_eval_summary(report: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title="lam eval: held-out evaluation")
-    for col in ("level", "policy", "episodes", "success", "95% CI", "steps", "invalid", "false succ."):
-        table.add_column(col)
-    for name, r in report["policies"].items():
-        for lvl, m in list(r["levels"].items()) + [("all levels", r["overall"])]:
-            table.add_row(lvl, name, *_level_cells(m))
     console = stdout_console()
-    console.print(table)
+    console.print(_results_table("lam eval: held-out evaluation", report, overall=True))
     console.print(sampling_line(report["sampling"]), markup=False)
 
 

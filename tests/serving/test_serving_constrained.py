@@ -24,7 +24,7 @@ TOOLS = [{"type": "function", "function": {"name": n, "description": d, "paramet
 def tool_client(tmp_path_factory):
     """The tiny model with room for the tools' system prompt (about 300 tokens in its small vocabulary)."""
     import openai
-    from conftest import ThreadedServer
+    from tests.serving.conftest import ThreadedServer
     from serving_tiny_model import build_tiny_model
 
     from serving.embedded import EmbeddedBackend
