@@ -66,6 +66,10 @@ class StepLog:
     confirmed: int = 0  # actions that needed confirmation and got it
     memory: str = ""  # the memory text the prompt carried ("" when memory is off)
     info: dict = field(default_factory=dict)  # the environment's verdict details (e.g. per-turn checks)
+    # exactly what the policy was given for this step's first attempt (the record keeps it; training
+    # renders its samples from it): chat messages, and the OpenAI tools of a tool space ([] in text)
+    messages: list[dict] = field(default_factory=list)
+    tools: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Episode:
     claim: str = ""  # the agent's final claim: "done" | "give_up" | ""
     progress: float = 0.0  # the environment's own partial-completion measure at the end
     examples: list[dict] = field(default_factory=list)  # long-term memory retrieved for this episode
+    task_key: str = ""  # the task's exact name (BFCL: its entry id), see task_key_of
 
     @property
     def invalid_actions(self) -> int:
@@ -141,7 +146,8 @@ class EpisodeRunner:
     def start(self) -> Episode:
         self.t0 = time.perf_counter()
         self.obs = self.env.reset(self.task)
-        self.ep = Episode(episode_id=self.episode_id, task=self.task, request=self.obs.request, policy=self.policy.name)
+        self.ep = Episode(episode_id=self.episode_id, task=self.task, request=self.obs.request, policy=self.policy.name,
+                          task_key=task_key_of(self.task, self.obs))
         self.conv = conversation_for(action_space_of(self.env), self.obs.request, self.cfg.history_window)
         self.first_state, self.feedback, self.step_index, self.progress = self.obs.state, "", 0, 0.0
         return self.ep
@@ -207,6 +213,7 @@ class EpisodeRunner:
         self.conv.observe(obs, self.feedback)
         mem_text = self.memory.text() if self.memory is not None else ""
         messages = with_memory(self.conv.render(space), mem_text)
+        first_messages = [dict(m) for m in messages]  # as given, whatever a policy does to its copy
         output, g, retries, latency = "", Grounding(error="no output"), 0, 0.0
         for attempt in range(self.cfg.max_retries + 1):
             t_act = time.perf_counter()
@@ -219,7 +226,8 @@ class EpisodeRunner:
             messages = messages + self.conv.retry(output, g.error)
         raw = output_text(output)
         log = StepLog(step, obs.state, self.feedback, raw, "", False, retries, "", 0.0, env.success, False,
-                      latency_s=latency, memory=mem_text, tool_calls=g.calls)
+                      latency_s=latency, memory=mem_text, tool_calls=g.calls, messages=first_messages,
+                      tools=list(space.tools) if space.kind == "tools" else [])
         self.ep.steps.append(log)
         self.step_index += 1
         if not g.ok:
@@ -270,6 +278,13 @@ class EpisodeRunner:
             self.stop("claimed_done" if claim == "done" else "gave_up")
         elif last is not None and last.terminated:
             self.stop("env_terminated")
+
+
+def task_key_of(task: Task, obs) -> str:
+    """The task's exact name: the environment's own key in the first observation's info ("task_key",
+    or BFCL's "entry_id"), else level/seed."""
+    info = getattr(obs, "info", None) or {}
+    return str(info.get("task_key") or info.get("entry_id") or task.task_id)
 
 
 def action_text(g: Grounding, space: ActionSpace, output) -> str:

@@ -35,16 +35,15 @@ def main() -> None:
     import torch
 
     from data_collection.store import TrajectoryStore, group_episodes
-    from envs.babyai import ACTION_NAMES
     from training.model import ActionLoss, build_model
-    from training.samples import build_samples, collate, episode_conversations, make_batches
+    from training.samples import build_samples, collate, episode_conversations, make_batches, tokenizer_texts
     from training.tokenizer import ChatEncoder, train_tokenizer
     from training.zero_config import deepspeed_config
 
     torch.set_num_threads(a.threads)
     eps = group_episodes(TrajectoryStore(Path(a.data)).read_records("train"))[:3000]
-    convs = episode_conversations(eps, ACTION_NAMES, 8)
-    tok = train_tokenizer([m["content"] for c in convs for m in c], vocab_size=2048)
+    convs = episode_conversations(eps)
+    tok = train_tokenizer(tokenizer_texts(convs), vocab_size=2048)
     samples = build_samples(convs, ChatEncoder(tok), 1024)
     batches = [collate(samples, b, tok.pad_token_id) for b in make_batches(samples, a.tokens_per_batch, 0, 0)]
 

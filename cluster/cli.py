@@ -120,6 +120,12 @@ def _data(a) -> int:
 
         for line in describe(repair(a.dir), a.dir):
             print(f"lam data repair: {line}")
+    elif a.action == "upgrade":
+        from data_collection.upgrade import upgrade
+
+        done = upgrade(a.dir, a.new)
+        print(f"lam data upgrade: {done['rows']} rows in {done['shards']} shards ({', '.join(done['envs'])}) "
+              f"written to {a.new} as schema version 3 (prompts re-rendered); {a.dir} is unchanged")
     else:
         print(transcript(a.dir, a.episode))
     return 0
@@ -339,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_data)
     d = dsub.add_parser("repair", help="move missing/corrupt shards to DIR/quarantine/ so --resume re-collects them")
     d.add_argument("dir")
+    d.set_defaults(fn=_data)
+    d = dsub.add_parser("upgrade", help="convert a schema-version-2 dataset to version 3 (re-rendered prompts)")
+    d.add_argument("dir", help="the version-2 dataset (only read)")
+    d.add_argument("new", help="where the version-3 dataset goes (must not exist)")
     d.set_defaults(fn=_data)
 
     s = sub.add_parser("train", help="train an action model with DeepSpeed")

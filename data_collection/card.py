@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_collection.collector import LEVEL_COUNTERS
-from data_collection.schema import SCHEMA_VERSION
+from data_collection.schema import SCHEMA_VERSION, step_messages, step_tools
 from data_collection.store import DatasetError, TrajectoryStore, _atomic_write_bytes
 
 def _histogram(lengths: list[int]) -> dict[str, int]:
@@ -147,13 +147,35 @@ def _field(label: str, text: str, indent: int) -> list[str]:
     return [f"{label:<{indent}}{lines[0]}"] + [" " * indent + line for line in lines[1:]]
 
 
+def _message_text(m: dict) -> str:
+    parts = [m["content"]] if m.get("content") else []
+    parts += [f"call {c['function']['name']}({c['function']['arguments']})" for c in m.get("tool_calls") or []]
+    return "\n".join(parts)
+
+
+def _conversation(msgs: list[dict], prev: list[dict], tools: list[dict], prev_tools: list[dict]) -> list[str]:
+    """The stored prompt of a step: the messages new since the previous step's prompt (a growing
+    conversation repeats its prefix), and the tools where they changed."""
+    out = []
+    if tools and tools != prev_tools:
+        out += _field("  tools", ", ".join(t["function"]["name"] for t in tools), 14)
+    same = 0
+    while same < min(len(msgs), len(prev)) and msgs[same] == prev[same]:
+        same += 1
+    if same:
+        out.append(f"  prompt    ({same} messages as in the previous step's prompt)")
+    for m in msgs[same:]:
+        out += _field(f"  [{m['role']}]", _message_text(m), 14)
+    return out
+
+
 def _render(rows: list[dict], subset: str) -> str:
     r0, last = rows[0], rows[-1]
     verdict = "success, verified by the environment" if r0["episode_success"] else f"not verified ({r0['end_reason']})"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r0["created_at"]))
     out = [
         f"episode  {r0['episode_id']}   ({subset}/)",
-        f"task     {r0['level']}  seed {r0['seed']}  split {r0['split']}",
+        f"task     {r0['task_key']}   ({r0['level']}  seed {r0['seed']}  split {r0['split']})",
     ]
     if r0["variant"]:
         out.append(f"variant  {r0['variant']} of {r0['base_level']}: {r0['base_request']!r}")
@@ -163,13 +185,17 @@ def _render(rows: list[dict], subset: str) -> str:
         f"outcome  {verdict} after {len(rows)} steps" + (f"; {r0['error']}" if r0["error"] else ""),
         "",
     ]
+    prev_msgs, prev_tools = [], []
     for r in rows:
         out.append(f"step {r['step']}")
-        if r["prev_feedback"]:
-            out += _field("  feedback", r["prev_feedback"], 12)
-        out += _field("  state", r["state"], 12)
+        msgs, tools = step_messages(r), step_tools(r)
+        out += _conversation(msgs, prev_msgs, tools, prev_tools)
+        prev_msgs, prev_tools = msgs, tools
+        if not msgs:  # the prompt shows them; a row without one (no step taken) shows them alone
+            out += _field("  feedback", r["prev_feedback"], 14) if r["prev_feedback"] else []
+            out += _field("  state", r["state"], 14)
         flags = [f for f, on in (("invalid", not r["valid"]), ("blocked", r["blocked"]), ("claims done", r["claimed_done"])) if on]
-        out += _field("  action", (r["action"] or repr(r["raw_output"])) + (f"   [{', '.join(flags)}]" if flags else ""), 12)
+        out += _field("  action", (r["action"] or repr(r["raw_output"])) + (f"   [{', '.join(flags)}]" if flags else ""), 14)
     end = f"  => {last['feedback']}" if last["feedback"] else ""
     out.append(f"end: {r0['end_reason']}{end}")
     return "\n".join(out)

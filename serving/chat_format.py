@@ -66,7 +66,8 @@ def tools_for_template(tools: list[Tool]) -> list[dict[str, Any]]:
 
 
 def add_tools_system_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fallback for templates that ignore `tools`: describe them (Hermes style) in the system message."""
+    """Describe tools (Hermes style) in the system message. No longer used by the server (a model is
+    served tools only through its own template, as it was trained); kept for callers that build prompts."""
     lines = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     text = ("You may call one or more functions to assist with the user query. Function signatures:\n"
             f"<tools>\n{lines}\n</tools>\nFor each function call, reply with "
@@ -74,6 +75,48 @@ def add_tools_system_prompt(messages: list[dict[str, Any]], tools: list[dict[str
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+# -- the one chat-template code path: training samples and served prompts both come from here -------------
+
+def template_inputs(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None):
+    """OpenAI messages and tools (plain dicts, as a record stores them and an agent sends them) as the
+    template sees them: through the server's own request models and conversion, so a training sample
+    and a served request of the same conversation render identically."""
+    from .schemas import ChatMessage, Tool
+
+    msgs = to_template_messages([ChatMessage.model_validate(m) for m in messages])
+    return msgs, (tools_for_template([Tool.model_validate(t) for t in tools]) if tools else None)
+
+
+def render_chat_text(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                     add_generation_prompt: bool = True, **template_kwargs) -> str:
+    """Template-ready messages (template_inputs / to_template_messages) rendered by the tokenizer's chat template."""
+    return tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=add_generation_prompt,
+                                         tokenize=False, **template_kwargs)
+
+
+def encode_text(tokenizer, texts: str | list[str]):
+    """Rendered text -> token ids (no extra BOS: the template writes every special token itself)."""
+    if isinstance(texts, str):
+        return tokenizer.encode(texts, add_special_tokens=False)
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def template_supports_tools(tokenizer) -> bool:
+    """Whether the chat template renders a tools list and an assistant tool call at all (a template
+    that ignores `tools` would drop them silently)."""
+    tools = [{"type": "function", "function": {"name": "probe_fn_q", "description": "",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "probe_call_q", "arguments": {}}}]}
+    user = {"role": "user", "content": "x"}
+    try:
+        with_tools = render_chat_text(tokenizer, [user], tools, add_generation_prompt=False)
+        with_call = render_chat_text(tokenizer, [user, call], tools, add_generation_prompt=False)
+    except Exception:
+        return False
+    return "probe_fn_q" in with_tools and "probe_call_q" in with_call
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:

@@ -50,6 +50,7 @@ import torch
 from . import decode_attention, kv_cache
 from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
                           PromptValidationError, QueueFullError, SamplingParams)
+from .chat_format import encode_text, render_chat_text, template_supports_tools
 from .grammar import Vocab
 from .model_dir import ModelDirError
 from .prefix_cache import BLOCK, PrefixCache
@@ -118,6 +119,7 @@ class EmbeddedBackend:
             raise ModelDirError(f"cannot load the model in {model_dir}: {first}") from e
         if chat_template:
             self.tokenizer.chat_template = Path(chat_template).read_text()
+        self._supports_tools: bool | None = None
         cfg = self.model.config.get_text_config()
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.max_context = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
@@ -296,14 +298,22 @@ class EmbeddedBackend:
         tpl = self.tokenizer.chat_template
         return tpl if isinstance(tpl, str) else " ".join((tpl or {}).values())
 
+    @property
+    def supports_tools(self) -> bool:
+        if self._supports_tools is None:
+            with self._tok_lock:
+                self._supports_tools = template_supports_tools(self.tokenizer)
+        return self._supports_tools
+
+    # Prompts go through serving/chat_format.py, the functions training renders its samples with: the
+    # tokens fed for an agent's step are the training sample's prefix for that step.
     def render_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> str:
         with self._tok_lock:
-            return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
-                                                      tokenize=False, **template_kwargs)
+            return render_chat_text(self.tokenizer, messages, tools, add_generation_prompt=True, **template_kwargs)
 
     def encode(self, text: str) -> list[int]:
         with self._tok_lock:
-            return self.tokenizer.encode(text, add_special_tokens=False)
+            return encode_text(self.tokenizer, text)
 
     def decode(self, ids: list[int]) -> str:
         with self._tok_lock:

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .chat_format import (MessageError, add_tools_system_prompt, extract_json_object, parse_tool_calls,
+from .chat_format import (MessageError, extract_json_object, parse_tool_calls,
                           to_template_messages, tools_for_template)
 from .backend_api import (BackendClosedError, BackendError, PromptValidationError, QueueFullError,
                           SamplingParams)
@@ -276,8 +276,12 @@ def create_app(backend, model_name: str, api_key: str | None = None, chat: bool 
         except MessageError as e:
             raise APIError(400, str(e), param=e.param)
         tools = tools_for_template(req.tools) if use_tools else None
-        if tools and "tools" not in backend.chat_template:
-            messages, tools = add_tools_system_prompt(messages, tools), None
+        if tools and not _supports_tools(backend):
+            # no system-prompt stand-in: the model is served tools only as its template renders them
+            # (as it was trained, training/samples.py), never in a form it has not seen
+            raise APIError(400, f"this model's chat template does not support tools, so {model_name!r} cannot be "
+                                "served a tools request; send it without tools (or tool_choice 'none'), or serve a "
+                                "model whose template renders tools", param="tools", code="tools_not_supported")
 
         def render() -> list[int]:
             try:
@@ -394,6 +398,13 @@ def create_app(backend, model_name: str, api_key: str | None = None, chat: bool 
                              "choices": choices, "usage": usage(res)})
 
     return app
+
+
+def _supports_tools(backend) -> bool:
+    """The backend's own answer (the embedded one renders a probe through its template), else whether
+    the template source mentions tools at all."""
+    known = getattr(backend, "supports_tools", None)
+    return known if isinstance(known, bool) else "tools" in backend.chat_template
 
 
 def _output_grammar(req: ChatCompletionRequest):

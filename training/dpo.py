@@ -56,7 +56,7 @@ def make_pairs(records: list[dict], max_pairs: int, seed: int) -> list[tuple[lis
 def _episode_samples(ep: list[dict], encoder, action_names, window: int, max_len: int):
     from training.samples import build_samples, episode_conversations
 
-    return build_samples(episode_conversations([ep], action_names, window), encoder, max_len)
+    return build_samples(episode_conversations([ep]), encoder, max_len)
 
 
 def _seq_logp(model, samples, pad_id: int, device):

@@ -1,17 +1,28 @@
-"""SFT samples from trajectory records, rendered by the agent's own prompt renderer.
+"""SFT samples from trajectory records: the conversation each step stored (schema v3: the exact
+messages, and tools, the policy was given) plus the step's action as an assistant message, rendered
+by the model's own chat template through serving/chat_format.py, the code the server renders
+requests with. So the prompt a served model gets for an agent's step t is, token for token, the
+prefix of the training sample before step t's action (checked for every sample).
 
-Each episode becomes whole multi-turn conversations (one per history window); the loss covers
-only the assistant's action tokens. Batches group samples of similar length under a token budget.
+Consecutive steps whose prompts extend each other form one multi-turn sample (BabyAI: one per
+history window, as before; a tool episode: the growing conversation with tool calls and results).
+The loss covers exactly the tokens of the episode's valid actions: the span between the prompt with
+the generation prompt and the prompt with the action (text actions and tool calls alike).
+
+A sample longer than `max_len` is cut after the last action that fits whole; the actions past it
+are dropped and counted (`report["actions_dropped_too_long"]`), never cut in the middle.
+Batches group samples of similar length under a token budget.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from agent.prompt import Turn, render_training_chunks
-from training.tokenizer import ChatEncoder
+from data_collection.schema import step_messages, step_tools
+from serving.chat_format import parse_tool_calls
+from training.tokenizer import ChatEncoder, SampleError  # noqa: F401  (ChatEncoder re-exported)
 
 
 @dataclass
@@ -20,23 +31,107 @@ class Sample:
     labels: list[int]
 
 
-def episode_conversations(episodes: list[list[dict]], action_names: list[str], window: int) -> list[list[dict]]:
-    convs = []
+@dataclass
+class Conversation:
+    """One training conversation: OpenAI messages (+ tools), the assistant messages to learn."""
+
+    messages: list[dict]
+    tools: list[dict] = field(default_factory=list)
+    labeled: list[int] = field(default_factory=list)  # indices of assistant messages with loss
+    source: str = ""  # where it starts, for errors: "episode E step S"
+
+
+def _assistant_message(row: dict, nxt: dict | None, msgs: list[dict]) -> dict:
+    """What the runner appended to the conversation for this step: taken from the next step's stored
+    prompt where that extends this one, else rebuilt from the record like agent/conversation.py does."""
+    if nxt is not None:
+        later = step_messages(nxt)
+        if len(later) > len(msgs) and later[: len(msgs)] == msgs and later[len(msgs)]["role"] == "assistant":
+            return later[len(msgs)]
+    if not row["tools"]:
+        return {"role": "assistant", "content": row["action"]}  # text space ("" where grounding failed)
+    if not row["valid"]:
+        return {"role": "assistant", "content": row["raw_output"]}
+    content, calls = parse_tool_calls(row["action"])
+    if not calls:
+        return {"role": "assistant", "content": row["action"]}  # a closing message
+    for i, c in enumerate(calls):
+        c["id"] = f"call_{row['step']}_{i}"
+    return {"role": "assistant", "content": content, "tool_calls": calls}
+
+
+def _check_calls(msg: dict, tools: list[dict], where: str) -> None:
+    known = {t["function"]["name"] for t in tools}
+    for c in msg.get("tool_calls") or []:
+        if c["function"]["name"] not in known:
+            raise SampleError(f"{where}: the stored action calls {c['function']['name']!r}, which is not among the "
+                              f"{len(known)} tools stored with the step ({', '.join(sorted(known)) or 'none'}); "
+                              "the record is inconsistent: re-collect the episode or drop it from the dataset")
+
+
+def episode_conversations(episodes: list[list[dict]]) -> list[Conversation]:
+    """Each episode's steps (sorted rows of one episode) as conversations; an assistant message is
+    learned where the step's action was valid and not blocked by the safety guard (the environment
+    took it); the others stay in the conversation as context, as the agent saw them."""
+    convs: list[Conversation] = []
     for ep in episodes:
-        turns = [Turn(state=r["state"], feedback=r["prev_feedback"], action=r["action"]) for r in ep if r["action"]]
-        if turns:
-            convs.extend(render_training_chunks(ep[0]["request"], turns, action_names, window))
+        rows = [r for r in ep if r["step"] >= 0 and r.get("messages")]
+        cur: Conversation | None = None
+        for k, r in enumerate(rows):
+            msgs, tools = step_messages(r), step_tools(r)
+            where = f"episode {r['episode_id']} step {r['step']}"
+            msg = _assistant_message(r, rows[k + 1] if k + 1 < len(rows) else None, msgs)
+            learn = bool(r["valid"] and r["action"] and not r["blocked"])  # what the environment took
+            if learn:
+                _check_calls(msg, tools, where)
+            if cur is not None and cur.tools == tools and msgs[: len(cur.messages)] == cur.messages:
+                cur.messages = msgs + [msg]
+            else:
+                if cur is not None and cur.labeled:
+                    convs.append(cur)
+                cur = Conversation(msgs + [msg], tools, [], where)
+            if learn:
+                cur.labeled.append(len(msgs))
+        if cur is not None and cur.labeled:
+            convs.append(cur)
     return convs
 
 
-def build_samples(convs: list[list[dict]], encoder: ChatEncoder, max_len: int) -> list[Sample]:
-    samples = []
+def tokenizer_texts(convs: list[Conversation]) -> list[str]:
+    """What a from-scratch tokenizer learns its merges from: message contents (all a text space has,
+    so BabyAI's tokenizer is what it always was), plus tool calls and tool schemas as the template writes them."""
+    import json
+
+    texts, seen_tools = [], set()
     for c in convs:
-        ids, labels = encoder.encode(c)
-        if len(ids) > max_len:  # the window keeps this rare; never train on a cut-off action
-            ids, labels = ids[:max_len], labels[:max_len]
-        if any(l != -100 for l in labels):
-            samples.append(Sample(ids, labels))
+        for m in c.messages:
+            if m.get("content"):
+                texts.append(m["content"])
+            for call in m.get("tool_calls") or []:
+                texts.append(f'<tool_call>{{"name": "{call["function"]["name"]}", "arguments": {call["function"]["arguments"]}}}</tool_call>')
+        key = json.dumps(c.tools, sort_keys=True)
+        if c.tools and key not in seen_tools:
+            seen_tools.add(key)
+            texts += [json.dumps(t, ensure_ascii=False) for t in c.tools]
+    return texts
+
+
+def build_samples(convs: list[Conversation], encoder: ChatEncoder, max_len: int, report: dict | None = None) -> list[Sample]:
+    """Token samples; `report` (if given) gets the counts of actions and samples dropped for length."""
+    samples, dropped_actions, dropped_samples = [], 0, 0
+    for c in convs:
+        ids, labels, spans = encoder.encode(c)
+        if len(ids) > max_len:  # cut after the last whole action that fits; never inside one
+            fit = [end for _, end in spans if end <= max_len]
+            dropped_actions += len(spans) - len(fit)
+            if not fit:
+                dropped_samples += 1
+                continue
+            ids, labels = ids[: fit[-1]], labels[: fit[-1]]
+        samples.append(Sample(ids, labels))
+    if report is not None:
+        report.update(actions_dropped_too_long=dropped_actions, samples_dropped_too_long=dropped_samples,
+                      actions_trained=sum(len(c.labeled) for c in convs) - dropped_actions)
     return samples
 
 

@@ -14,8 +14,27 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 ROLES = ("system", "user", "assistant", "tool")
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>"] + [f"<|{r}|>" for r in ROLES]
+# Every message is <|role|>content<|end|> (text conversations render exactly as before tools existed).
+# With tools (Hermes style, as Qwen's template): the system message lists them as JSON in <tools>, an
+# assistant's calls follow its content as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, and
+# results come back as messages of the tool role. serving/chat_format.py parses the calls back.
+# One line, no whitespace control: every character outside the tags is output, newlines come from
+# the quoted strings, so nothing depends on jinja's trimming rules.
+TOOLS_HEAD = "# Tools\nYou may call one or more functions. Their signatures:\n<tools>\n"
+TOOLS_TAIL = ('</tools>\nFor each call reply with <tool_call>{"name": <function-name>, "arguments": '
+              "<args-json-object>}</tool_call>")
 CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% set ns = namespace(skip=false) %}"
+    "{% if tools %}<|system|>"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"
+    "{% set ns.skip = true %}{% endif %}"
+    "{{ " + repr(TOOLS_HEAD) + " }}{% for t in tools %}{{ (t | tojson) + '\\n' }}{% endfor %}"
+    "{{ " + repr(TOOLS_TAIL) + " }}<|end|>{% endif %}"
+    "{% for m in messages %}{% if not (loop.first and ns.skip) %}"
+    "<|{{ m['role'] }}|>{{ m['content'] or '' }}"
+    "{% if m.tool_calls %}{% for tc in m.tool_calls %}"
+    "<tool_call>{{ {'name': tc['function']['name'], 'arguments': tc['function']['arguments']} | tojson }}</tool_call>"
+    "{% endfor %}{% endif %}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
@@ -54,26 +73,67 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, max_token_leng
     return fast
 
 
+class SampleError(ValueError):
+    """The data or the tokenizer cannot make a faithful training sample; the message says which and why."""
+
+
 class ChatEncoder:
-    """Encodes chat messages exactly as `apply_chat_template` + encode would, with per-token roles."""
+    """Conversations -> (ids, labels, action spans) through the tokenizer's own chat template, by the
+    code the server renders requests with (serving/chat_format.py). Works for any tokenizer with a
+    template (the project's, or a Hugging Face model's via `apply_chat_template(..., tools=...)`): no
+    special token is ever looked up by name, so none can silently become <unk>."""
 
-    def __init__(self, tokenizer) -> None:
-        self.tok = tokenizer
-        self.end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-        self.role_ids = {r: tokenizer.convert_tokens_to_ids(f"<|{r}|>") for r in ROLES}
+    def __init__(self, tokenizer, name: str = "the tokenizer") -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise SampleError(f"{name} has no chat template: training renders every sample through the model's "
+                              "own template (add a chat_template to its tokenizer_config.json)")
+        self.tok, self.name = tokenizer, name
+        self.unk_id = tokenizer.unk_token_id
+        self._tools_ok: bool | None = None
 
-    def encode(self, messages: list[dict]) -> tuple[list[int], list[int]]:
-        """Token ids and labels (-100 except on assistant content and its closing <|end|>)."""
-        ids, labels = [], []
-        contents = self.tok([m["content"] for m in messages], add_special_tokens=False)["input_ids"]
-        for m, content in zip(messages, contents):
-            piece = [self.role_ids[m["role"]]] + content + [self.end_id]
-            ids.extend(piece)
-            if m["role"] == "assistant":
-                labels.extend([-100] + content + [self.end_id])
-            else:
-                labels.extend([-100] * len(piece))
-        return ids, labels
+    def _check_tools(self, where: str) -> None:
+        from serving.chat_format import template_supports_tools
+
+        if self._tools_ok is None:
+            self._tools_ok = template_supports_tools(self.tok)
+        if not self._tools_ok:
+            raise SampleError(f"{where}: a tool-space conversation, but the chat template of {self.name} renders no "
+                              "tools or tool calls; use a model whose template supports tools (e.g. a ChatML/Hermes "
+                              "one, as Qwen's) or the project tokenizer (model: tiny/small)")
+
+    def encode(self, conv) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """Token ids, labels (-100 except on the learned assistant messages) and their (start, end) spans.
+        Span of message a = tokens of render(messages[:a+1]) past render(messages[:a], generation prompt):
+        both must be prefixes, token for token, of the whole conversation's tokens."""
+        from serving.chat_format import encode_text, render_chat_text, template_inputs
+
+        where = conv.source or "a conversation"
+        if conv.tools or any(m.get("tool_calls") for m in conv.messages):
+            self._check_tools(where)
+        try:
+            msgs, tools = template_inputs(conv.messages, conv.tools)
+            texts = [render_chat_text(self.tok, msgs, tools, add_generation_prompt=False)]
+            for a in conv.labeled:
+                texts += [render_chat_text(self.tok, msgs[:a], tools, add_generation_prompt=True),
+                          render_chat_text(self.tok, msgs[: a + 1], tools, add_generation_prompt=False)]
+        except SampleError:
+            raise
+        except Exception as e:  # the template refuses a message (jinja raise_exception, bad role order)
+            raise SampleError(f"{where}: the chat template of {self.name} cannot render it: {e}") from e
+        encoded = encode_text(self.tok, texts)
+        ids, labels, spans = encoded[0], [-100] * len(encoded[0]), []
+        for k, a in enumerate(conv.labeled):
+            before, after = encoded[1 + 2 * k], encoded[2 + 2 * k]
+            if after[: len(before)] != before or ids[: len(after)] != after or len(after) == len(before):
+                raise SampleError(f"{where}: the chat template of {self.name} is not prefix-stable at message {a} "
+                                  "(the prompt for that step is not, token for token, the start of the conversation "
+                                  "that continues it), so training and serving would see different tokens")
+            labels[len(before) : len(after)] = after[len(before) :]
+            spans.append((len(before), len(after)))
+        if self.unk_id is not None and self.unk_id in ids:
+            raise SampleError(f"{where}: {self.name} encodes part of it as its unknown token "
+                              f"{self.tok.unk_token!r}; it cannot represent this conversation")
+        return ids, labels, spans
 
 
 def load_tokenizer(path: str | Path):

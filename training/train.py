@@ -28,7 +28,8 @@ class TrainConfig(BaseModel):
     model: str = "tiny"
     # BPE vocabulary size of the tokenizer trained on the collected text (ignored for a local model)
     vocab_size: int = 2048
-    # steps of history per sample window; must equal the agent's history_window at inference
+    # the agent's history window at inference; samples follow the windows the records' conversations
+    # were collected with (collection uses the runner default, 8), so keep the two equal
     history_window: int = 8
     max_seq_len: int = 1024
     # tokens (including padding) per micro-batch; batches hold samples of similar length
@@ -138,13 +139,12 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from data_collection.store import TrajectoryStore, group_episodes
-    from envs.registry import get_env_spec
     from training import lora
     from training.export import export_hf
     from training.metrics import MultiLogger
     from training.model import ActionLoss, build_model
-    from training.samples import build_samples, collate, episode_conversations, make_batches
-    from training.tokenizer import ChatEncoder, load_tokenizer, train_tokenizer
+    from training.samples import collate, episode_conversations, make_batches, tokenizer_texts
+    from training.tokenizer import ChatEncoder, SampleError, load_tokenizer, train_tokenizer
     from training.zero_config import deepspeed_config
 
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
@@ -155,26 +155,30 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     dirs = data_dir if isinstance(data_dir, (list, tuple)) else str(data_dir).split(",")
     records = [r for d in dirs for r in TrajectoryStore(Path(d)).read_records("train")]
     episodes = group_episodes(records)
-    env_name = records[0]["env"]
-    action_names = get_env_spec(env_name).factory().action_names()
-    convs = episode_conversations(episodes, action_names, cfg.history_window)
+    # samples come from the conversation each step stored (any mix of environments and action spaces)
+    convs = episode_conversations(episodes)
+    if not convs:
+        raise SampleError(f"no step in {', '.join(dirs)} has a valid action with a stored conversation to learn")
+    sample_report: dict = {}
+    own_tokenizer = Path(cfg.model).is_dir()
+    if own_tokenizer:  # the model's own tokenizer and chat template; checked before OUT is made
+        tokenizer = load_tokenizer(cfg.model)
+        samples = _samples(convs, ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}"), cfg, sample_report)
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known good: a refused run leaves no OUT
 
     tok_dir = out / "tokenizer"
-    if Path(cfg.model).is_dir():
-        tokenizer = load_tokenizer(cfg.model)
-    elif (tok_dir / "tokenizer.json").exists() and resume:
+    if not own_tokenizer:
+        if not ((tok_dir / "tokenizer.json").exists() and resume):
+            if rank == 0:
+                train_tokenizer(tokenizer_texts(convs[:20000]), vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
+            if world > 1:
+                deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+                torch.distributed.barrier()
         tokenizer = load_tokenizer(tok_dir)
-    else:
-        if rank == 0:
-            texts = [m["content"] for c in convs[:20000] for m in c]
-            train_tokenizer(texts, vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
-        if world > 1:
-            deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-            torch.distributed.barrier()
-        tokenizer = load_tokenizer(tok_dir)
-
-    samples = build_samples(convs, ChatEncoder(tokenizer), cfg.max_seq_len)
+        samples = _samples(convs, ChatEncoder(tokenizer, name="the project tokenizer"), cfg, sample_report)
+    if sample_report["actions_dropped_too_long"] and rank == 0:
+        print(f"lam train: {sample_report['actions_dropped_too_long']} actions past max_seq_len={cfg.max_seq_len} "
+              "are not trained on (their samples end before them; counted in summary.json)", flush=True)
     split = max(1, int(len(samples) * cfg.eval_fraction))
     eval_samples, train_samples = samples[:split], samples[split:]
     lm = build_model(cfg.model, vocab_size=len(tokenizer), max_positions=cfg.max_seq_len, seed=cfg.seed)
@@ -282,6 +286,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         "params": n_params,
         "trainable_params": n_trainable,
         "train_samples": len(train_samples),
+        **sample_report,
         "episodes": len(episodes),
         "wall_s": time.perf_counter() - t_start,
         "export": str(export_dir),
@@ -291,6 +296,17 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         logger.close()
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _samples(convs, encoder, cfg: TrainConfig, report: dict) -> list:
+    from training.samples import build_samples
+    from training.tokenizer import SampleError
+
+    samples = build_samples(convs, encoder, cfg.max_seq_len, report)
+    if not samples:
+        raise SampleError(f"every sample is longer than max_seq_len={cfg.max_seq_len} before its first action ends "
+                          f"({report['samples_dropped_too_long']} dropped); raise max_seq_len")
+    return samples
 
 
 def evaluate_loss(model, samples, pad_id: int, tokens_per_batch: int, device) -> float:

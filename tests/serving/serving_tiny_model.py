@@ -7,10 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+# the project template trained models export (text renders as <|role|>content<|end|>; tools Hermes-style):
+# the server serves tools only through a template that renders them
+from training.tokenizer import CHAT_TEMPLATE  # noqa: E402
 API_KEY = "test-key"  # key of the test servers
 SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
 

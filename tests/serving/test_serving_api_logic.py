@@ -85,11 +85,14 @@ def test_tool_call_is_parsed_into_openai_tool_calls():
     assert b.rendered[-1][1][0]["function"]["name"] == "move"  # template uses tools: passed through
 
 
-def test_tools_fall_back_to_system_prompt_when_template_ignores_them():
+# issue 16 item 2
+def test_tools_request_to_a_template_without_tools_is_a_clear_400():
     b = FakeBackend(text=CALL, template="{% for m in messages %}{{ m.content }}{% endfor %}")
-    assert _post(b, {"messages": MSG, "tools": TOOLS}).json()["choices"][0]["message"]["content"] is None
-    messages, tools = b.rendered[-1]
-    assert tools is None and messages[0]["role"] == "system" and "<tools>" in messages[0]["content"]
+    r = _post(b, {"messages": MSG, "tools": TOOLS})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "tools_not_supported"
+    assert "does not support tools" in r.json()["error"]["message"] and not b.rendered  # nothing was rendered
+    # without tools (or with tool_choice none) the same model still answers
+    assert _post(b, {"messages": MSG, "tools": TOOLS, "tool_choice": "none"}).status_code == 200
 
 
 def test_tool_choice_none_keeps_raw_text():

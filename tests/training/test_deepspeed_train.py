@@ -34,7 +34,7 @@ def test_export_reloads_with_the_same_eval_loss(trained, bot_dataset):
     lm = AutoModelForCausalLM.from_pretrained(export)
     data, _ = bot_dataset
     eps = group_episodes(TrajectoryStore(data).read_records("train"))
-    samples = build_samples(episode_conversations(eps, ACTION_NAMES, 8), ChatEncoder(tok), 1024)
+    samples = build_samples(episode_conversations(eps), ChatEncoder(tok), 1024)
     split = max(1, int(len(samples) * 0.1))
     loss = evaluate_loss(ActionLoss(lm), samples[:split], tok.pad_token_id, 2048, torch.device("cpu"))
     assert loss == pytest.approx(summary["eval_loss"], rel=1e-4)

@@ -1,5 +1,5 @@
 from agent.prompt import Turn, render_training_chunks
-from training.samples import Sample, make_batches
+from training.samples import Conversation, Sample, make_batches
 from training.tokenizer import ChatEncoder, train_tokenizer
 
 CONVS = [
@@ -17,7 +17,7 @@ def test_encoder_equals_chat_template_and_masks_all_but_actions():
     tok = train_tokenizer([m["content"] for c in CONVS for m in c], vocab_size=300)
     enc = ChatEncoder(tok)
     for conv in CONVS:
-        ids, labels = enc.encode(conv)
+        ids, labels, _ = enc.encode(Conversation(conv, [], [i for i, m in enumerate(conv) if m["role"] == "assistant"]))
         text = tok.apply_chat_template(conv, tokenize=False)
         assert ids == tok(text, add_special_tokens=False)["input_ids"]
         supervised = tok.decode([i for i, l in zip(ids, labels) if l != -100])

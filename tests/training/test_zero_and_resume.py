@@ -50,7 +50,6 @@ def test_zero_stage_two_ranks_trains_and_exports(stage, bot_dataset, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data_collection.store import TrajectoryStore, group_episodes
-    from envs.babyai import ACTION_NAMES
     from training.model import ActionLoss
     from training.samples import build_samples, episode_conversations
     from training.tokenizer import ChatEncoder
@@ -59,7 +58,7 @@ def test_zero_stage_two_ranks_trains_and_exports(stage, bot_dataset, tmp_path):
     tok = AutoTokenizer.from_pretrained(out / "export")
     lm = AutoModelForCausalLM.from_pretrained(out / "export")
     eps = group_episodes(TrajectoryStore(data).read_records("train"))
-    samples = build_samples(episode_conversations(eps, ACTION_NAMES, 8), ChatEncoder(tok), 1024)
+    samples = build_samples(episode_conversations(eps), ChatEncoder(tok), 1024)
     split = max(1, int(len(samples) * 0.1))
     loss = evaluate_loss(ActionLoss(lm), samples[:split], tok.pad_token_id, 2048, torch.device("cpu"))
     assert loss == pytest.approx(summary["eval_loss"], rel=1e-3)

@@ -1,0 +1,238 @@
+"""One chat template from training to serving (issue 16 item 2): training samples are rendered from the
+stored conversation through the model's own template, and the served prompt for an agent's step t is,
+token for token, the training sample's prefix before step t's action; labels cover exactly the actions.
+For BabyAI (text), BFCL and the generated tool world (tools), with the project template and with a ChatML model directory that
+carries Qwen 2.5's tools template."""
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agent.episode import RunnerConfig, run_episode
+from agent.policies import ExpertPolicy
+from cluster.cli import main
+from data_collection.schema import episode_to_records, step_messages, step_tools
+from data_collection.store import TrajectoryStore, group_episodes
+from envs.base import Task
+from envs.registry import make_env
+from serving.embedded import EmbeddedBackend
+from serving.openai_server import create_app
+from tests.agent.toy_tools import NotesEnv
+from tests.training.chatml_model import PLAIN_TEMPLATE, build_chatml_model, chatml_tokenizer
+from training.samples import Conversation, build_samples, episode_conversations, tokenizer_texts
+from training.tokenizer import ChatEncoder, SampleError, train_tokenizer
+
+
+def _records(env, task: Task) -> list[dict]:
+    ep = run_episode(env, ExpertPolicy(), task, RunnerConfig(max_steps=30))
+    assert ep.success
+    return episode_to_records(ep)
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    babyai = [_records(make_env("babyai"), Task("babyai", "BabyAI-GoToLocal-v0", s)) for s in (3, 5)]
+    bfcl = [_records(make_env("bfcl"), Task("bfcl", "multi_turn_base", 0, "all"))]
+    notes = [_records(NotesEnv(), Task("notes", "notes", 0))]
+    toolworld = [_records(make_env("toolworld"), Task("toolworld", "L5", 0))]  # find, then act on what came back
+    return {"babyai": babyai, "bfcl": bfcl, "notes": notes, "toolworld": toolworld}
+
+
+def _texts(episodes) -> list[str]:
+    return tokenizer_texts(episode_conversations([e for eps in episodes.values() for e in eps]))
+
+
+def _save_project_model(root: Path, texts: list[str]) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = train_tokenizer(texts, vocab_size=600)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32768,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module", params=["project", "chatml"])
+def model_dir(request, episodes, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param == "project":
+        return _save_project_model(root, _texts(episodes))
+    return build_chatml_model(root, _texts(episodes), max_positions=32768)
+
+
+class Recording:
+    """The embedded backend, remembering the prompt ids the server submits."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.prompts = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def submit(self, prompt_ids, *args, **kwargs):
+        self.prompts.append(list(prompt_ids))
+        return self.inner.submit(prompt_ids, *args, **kwargs)
+
+
+def _served_prompt(client, backend: Recording, row: dict) -> list[int]:
+    """What the server feeds the model for this step: the agent's request is the stored conversation."""
+    body = {"model": "m", "messages": step_messages(row), "max_tokens": 1}
+    if step_tools(row):
+        body["tools"] = step_tools(row)
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return backend.prompts[-1]
+
+
+# issue 16 item 2
+@pytest.mark.parametrize("env", ["babyai", "bfcl", "toolworld"])
+def test_served_prompt_is_the_training_prefix_and_labels_are_the_actions(env, episodes, model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    encoder = ChatEncoder(tok)
+    backend = Recording(EmbeddedBackend(str(model_dir), num_threads=1, max_new_tokens_limit=4))
+    try:
+        with TestClient(create_app(backend, "m")) as client:
+            for ep in episodes[env]:
+                convs = episode_conversations([ep])
+                encoded = [encoder.encode(c) for c in convs]
+                covered = 0
+                for row in ep:
+                    msgs = step_messages(row)
+                    # the sample that learns this step: its messages continue the step's prompt
+                    k = next(i for i, c in enumerate(convs) if len(msgs) in c.labeled
+                             and c.messages[: len(msgs)] == msgs)
+                    ids, labels, spans = encoded[k]
+                    start, end = spans[convs[k].labeled.index(len(msgs))]
+                    assert _served_prompt(client, backend, row) == ids[:start]
+                    action = tok.decode(ids[start:end])
+                    if env == "babyai":
+                        assert action.startswith(row["action"])
+                    else:
+                        for call in convs[k].messages[len(msgs)].get("tool_calls") or []:
+                            assert call["function"]["name"] in action
+                    covered += 1
+                assert covered == len(ep)
+                for (ids, labels, spans), c in zip(encoded, convs):
+                    on = {i for s, e in spans for i in range(s, e)}
+                    assert {i for i, l in enumerate(labels) if l != -100} == on  # exactly the actions
+                    assert all(labels[i] == ids[i] for i in on) and len(spans) == len(c.labeled)
+                    if tok.unk_token_id is not None:
+                        assert tok.unk_token_id not in ids
+    finally:
+        backend.inner.close()
+
+
+# issue 16 item 2
+def test_babyai_samples_are_the_window_chunks_with_the_project_template(episodes):
+    """BabyAI's samples keep today's content: one conversation per history window, every action learned."""
+    from agent.prompt import Turn, render_training_chunks
+
+    ep = episodes["babyai"][0]
+    convs = episode_conversations([ep])
+    names = make_env("babyai").action_names()
+    turns = [Turn(r["state"], r["prev_feedback"], r["action"]) for r in ep]
+    assert [c.messages for c in convs] == render_training_chunks(ep[0]["request"], turns, names, 8)
+    tok = train_tokenizer(_texts(episodes), vocab_size=400)
+    ids, labels, _ = ChatEncoder(tok).encode(convs[0])
+    assert ids == tok(tok.apply_chat_template(convs[0].messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert tok.decode([t for t in labels if t != -100]) == "".join(f"{r['action']}<|end|>" for r in ep[:8])
+
+
+# issue 16 item 2
+def test_a_template_without_tools_refuses_tool_episodes(episodes):
+    tok = chatml_tokenizer(_texts(episodes), PLAIN_TEMPLATE)
+    convs = episode_conversations(episodes["notes"])
+    with pytest.raises(SampleError, match="renders no tools or tool calls"):
+        ChatEncoder(tok, name="the tokenizer of M").encode(convs[0])
+    # text episodes still train with it
+    ids, labels, spans = ChatEncoder(tok).encode(episode_conversations(episodes["babyai"])[0])
+    assert spans and tok.unk_token_id not in ids
+
+
+# issue 16 item 2
+def test_a_stored_call_to_an_unknown_function_is_refused(episodes):
+    ep = [dict(r) for r in episodes["notes"][0]]
+    first = next(r for r in ep if "add_note" in r["action"])
+    first["action"] = first["action"].replace("add_note", "add_notes")
+    for r in ep:  # as if the record had been written that way: later prompts carry the call too
+        r["messages"] = r["messages"].replace('"add_note"', '"add_notes"', 1) if r is not first else r["messages"]
+    with pytest.raises(SampleError, match=r"calls 'add_notes', which is not among the 3 tools"):
+        episode_conversations([ep])
+
+
+# issue 16 item 2
+def test_an_action_past_the_context_is_dropped_whole_and_counted(episodes):
+    tok = train_tokenizer(_texts(episodes), vocab_size=400)
+    enc = ChatEncoder(tok)
+    ep = [dict(r) for r in episodes["babyai"][0]]
+    ep[-1]["action"] = "go forward " * 400  # one enormous assistant turn, the episode's last
+    conv = episode_conversations([ep])[-1]
+    ids, labels, spans = enc.encode(conv)
+    assert len(spans) >= 3 and spans[-1][1] - spans[-1][0] > 400
+    report = {}
+    samples = build_samples([conv], enc, spans[-1][1] - 1, report)
+    assert report["actions_dropped_too_long"] == 1 and report["actions_trained"] == len(spans) - 1
+    assert samples[0].ids == ids[: spans[-2][1]]  # ends right after the last whole action
+    report = {}
+    assert build_samples([conv], enc, spans[0][1] - 1, report) == [] and report["samples_dropped_too_long"] == 1
+
+
+def _write(root: Path, episodes: list[list[dict]]) -> Path:
+    store = TrajectoryStore(root)
+    store.write_shard("train", "shard-0", [r for ep in episodes for r in ep])
+    return root
+
+
+# issue 16 item 2
+def test_training_refuses_a_dataset_mixing_schema_versions(episodes, tmp_path, capsys):
+    good = _write(tmp_path / "v3", episodes["babyai"])
+    old = _write(tmp_path / "old", episodes["babyai"])
+    m = json.loads((old / "manifest.json").read_text())
+    m["schema_version"] = 2
+    (old / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["train", "--data", f"{good},{old}", "--out", str(tmp_path / "t")]) != 0
+    err = capsys.readouterr().err
+    assert "schema version 2" in err and f"lam data upgrade {old}" in err and "Traceback" not in err
+
+
+# issue 16 item 2
+def test_fine_tuning_a_chatml_model_through_deepspeed(episodes, tmp_path):
+    """A Hugging Face model whose tokenizer has none of the project's tokens trains on BabyAI and tool
+    episodes together: no <unk> anywhere, labels exactly on the assistant spans, a working export."""
+    from transformers import AutoTokenizer
+
+    from training.train import TrainConfig, train
+
+    model = build_chatml_model(tmp_path / "chatml", _texts(episodes), max_positions=2048)
+    data = _write(tmp_path / "data", episodes["babyai"] + episodes["notes"])
+    tok = AutoTokenizer.from_pretrained(model)
+    assert tok.unk_token_id == 0 and tok.convert_tokens_to_ids("<|user|>") == 0  # the old trainer's lookups
+    convs = episode_conversations(group_episodes(TrajectoryStore(data).read_records("train")))
+    assert {bool(c.tools) for c in convs} == {True, False}
+    for c in convs:
+        ids, labels, spans = ChatEncoder(tok).encode(c)
+        assert 0 not in ids
+        assert {i for i, l in enumerate(labels) if l != -100} == {i for s, e in spans for i in range(s, e)}
+        for s, e in spans:  # every span is one assistant message and its end marker, nothing else
+            assert tok.decode(ids[s:e]).endswith("<|im_end|>\n") and "<|im_start|>" not in tok.decode(ids[s:e])
+    cfg = TrainConfig(model=str(model), epochs=1.0, tokens_per_batch=2048, max_seq_len=2048, warmup_steps=1,
+                      checkpoint_every=0, eval_fraction=0.2, threads=1)
+    summary = train(str(data), str(tmp_path / "out"), cfg, progress=False)
+    assert summary["steps"] >= 1 and summary["actions_dropped_too_long"] == 0
+    assert summary["actions_trained"] == sum(len(c.labeled) for c in convs)
+    export = AutoTokenizer.from_pretrained(tmp_path / "out" / "export")
+    assert export.chat_template == tok.chat_template  # served with the template it was trained with
+
+
+# issue 16 item 2
+def test_a_conversation_without_labels_makes_no_sample(episodes):
+    tok = train_tokenizer(_texts(episodes), vocab_size=400)
+    conv = Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "turn left"}], [], [])
+    assert ChatEncoder(tok).encode(conv)[2] == []
