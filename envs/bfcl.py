@@ -62,7 +62,7 @@ def _validation(tools: list[dict]) -> dict[str, dict]:
 def entry_index(task: Task) -> int:
     if task.split == "all":
         return task.seed
-    from envs.registry import seed_range
+    from envs.splits import seed_range
 
     lo, _ = seed_range(task.split)
     ids = [i for i in range(ENTRIES_PER_CATEGORY) if (i % TEST_EVERY == TEST_EVERY - 1) == (task.split == "test")]

@@ -11,10 +11,8 @@ from functools import lru_cache
 from typing import Callable
 
 from envs.base import Environment, Task
+from envs.splits import TEST_SEEDS, TRAIN_SEEDS, seed_range  # noqa: F401  (re-exported)
 
-# Seeds are split by range so a held-out test seed can never appear in collection.
-TRAIN_SEEDS = (0, 1_000_000_000)
-TEST_SEEDS = (1_000_000_000, 2_000_000_000)
 
 
 @dataclass(frozen=True)
@@ -54,14 +52,6 @@ class EnvSpec:
                 raise ValueError(f"unknown variant {kind!r} for env {self.name!r}; known: {known}")
             out += [v for v in (self.variants[kind](lvl) for lvl in levels) if v and v not in out]
         return out
-
-
-def seed_range(split: str) -> tuple[int, int]:
-    if split == "train":
-        return TRAIN_SEEDS
-    if split == "test":
-        return TEST_SEEDS
-    raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
 
 
 def task_at(env: str, levels: list[str], split: str, index: int, base_seed: int = 0) -> Task:

@@ -1,7 +1,7 @@
 """A generated tool world over BFCL's executable backends (files, messages, trading, tickets).
 
     lam collect --env toolworld --levels L1,L2,L3,L4,L5 --episodes 2000 --out runs/tools
-    python -m envs.toolworld_levels      # expert and random per level: envs/TOOLWORLD_LEVELS.md
+    python bench/toolworld_levels.py      # expert and random per level: envs/TOOLWORLD_LEVELS.md
 
 Task("toolworld", level="L1".."L5", seed, split): the world, request and plan come from
 envs/toolworld_tasks.py (deterministic in level, split and seed; splits disjoint on every name and
@@ -114,7 +114,7 @@ def split_of_task(task: Task) -> str:
     which split's pools it draws from."""
     if task.split != "all":
         return task.split
-    from envs.registry import TEST_SEEDS
+    from envs.splits import TEST_SEEDS
 
     return "test" if task.seed >= TEST_SEEDS[0] else "train"
 

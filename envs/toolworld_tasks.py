@@ -1,6 +1,6 @@
 """Tool-world tasks: generated worlds, templated requests and the gold plans that solve them.
 
-    python -m envs.toolworld_levels          # the expert and random per level (envs/TOOLWORLD_LEVELS.md)
+    python bench/toolworld_levels.py          # the expert and random per level (envs/TOOLWORLD_LEVELS.md)
 
 A task is (level, split, seed) -> `Generated`: the initial configuration of four BFCL backends
 (GorillaFileSystem, MessageAPI, TradingBot, TicketAPI), a request built from paraphrase templates,

@@ -1,6 +1,6 @@
 """The tool world's levels measured: expert and random through the agent's episode runner, per split.
 
-    python -m envs.toolworld_levels --tasks 200 --out envs/TOOLWORLD_LEVELS.md
+    python bench/toolworld_levels.py --tasks 200 --out envs/TOOLWORLD_LEVELS.md
 
 Per level and split: the expert's success and mean calls over the first --tasks tasks of the split
 (the registry's seeds, as `lam collect` draws them), random's success on the same tasks, and the
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         except OSError:
             code = "unknown"
         levels = "\n".join(f"- **{lv}**: {d}" for lv, d in DESCRIPTION.items())
-        header = (f"`python -m envs.toolworld_levels --tasks {a.tasks} --count {a.count} --out {a.out}` on "
+        header = (f"`python bench/toolworld_levels.py --tasks {a.tasks} --count {a.count} --out {a.out}` on "
                   f"{datetime.date.today()}, code {code}, {time.perf_counter() - t0:.0f} s.")
         with open(a.out, "w", encoding="utf-8") as f:
             f.write(f"# Tool-world levels\n\n{header}\n\n{levels}\n\n{text}\n\n{NOTES}")
