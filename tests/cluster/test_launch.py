@@ -229,21 +229,9 @@ def _cluster_processes(temp_dir: str):
 
 
 def _stop_cluster(temp_dir: str) -> None:
-    import psutil
+    from tests.processes import stop_processes
 
-    procs = _cluster_processes(temp_dir)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=8)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    stop_processes(_cluster_processes(temp_dir))
 
 
 def _alive_nodes(url: str, token: str) -> list[dict]:

@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.processes import stop_processes
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -45,16 +47,10 @@ def _stop_tree(proc: subprocess.Popen) -> None:
     except psutil.Error:
         tree = []
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole session first, so no child outlives its parent's stop
     except ProcessLookupError:
         pass
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    stop_processes(tree, grace_s=10)
     proc.wait(timeout=5)
 
 
