@@ -5,11 +5,13 @@ the same model on BFCL multi-turn base (eval.also), and every saved episode repl
     .venv/bin/python -m pytest -q tests/cluster/test_pipeline_tools.py
 """
 import json
+from pathlib import Path
 
 from cluster.cli import main as lam
 from cluster.config import load_pipeline_config
 from cluster.pipeline import run_pipeline
 
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tools.yaml"
 # the smoke variant of configs/tools.yaml: same config, tiny sizes (see the file's header)
 SMOKE = ["collect.episodes=20", "collect.shard_episodes=10", "train.vocab_size=600", "train.epochs=1",
          "train.warmup_steps=2", "train.checkpoint_every=0", "train.time_budget_s=60", "train.threads=2",
@@ -20,7 +22,7 @@ SMOKE = ["collect.episodes=20", "collect.shard_episodes=10", "train.vocab_size=6
 
 # issue 16 item 4
 def test_tools_pipeline_end_to_end(tmp_path, ray_local, capsys):
-    cfg = load_pipeline_config("configs/tools.yaml", SMOKE + [f"run_dir={tmp_path / 'run'}"])
+    cfg = load_pipeline_config(CONFIG, SMOKE + [f"run_dir={tmp_path / 'run'}"])
     run_pipeline(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "report.json").read_text())
