@@ -44,3 +44,15 @@ def test_tools_pipeline_end_to_end(tmp_path, ray_local, capsys):
         assert lam(["eval", "--replay", str(run / "eval" / name)]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["checked"] >= 1 and result["mismatched"] == []
+
+
+# issue 16 item 4: a mistyped extra evaluation is refused up front, naming the entry
+def test_eval_also_with_an_unknown_env_or_level_is_one_line():
+    import pytest
+
+    from cluster.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.also\[0\]\.levels: unknown level 'multi_turn_basic' for env 'bfcl'"):
+        load_pipeline_config(CONFIG, ["eval.also=[{env: bfcl, levels: [multi_turn_basic]}]"])
+    with pytest.raises(ConfigError, match=r"eval\.also\.0\.env: .*unknown env 'bfc'"):
+        load_pipeline_config(CONFIG, ["eval.also=[{env: bfc, levels: [multi_turn_base]}]"])
