@@ -20,6 +20,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _known_env(v: str) -> str:
+    from envs.registry import list_envs
+
+    if v not in list_envs():
+        raise ValueError(f"unknown env {v!r}; known: {', '.join(list_envs())}")
+    return v
+
+
 class RayConfig(_Strict):
     # Ray address to join ("auto", "ray://host:10001"); null starts a private local cluster on 127.0.0.1
     address: str | None = None
@@ -41,11 +49,7 @@ class CollectSection(_Strict):
     @field_validator("env")
     @classmethod
     def _env_known(cls, v: str) -> str:
-        from envs.registry import list_envs
-
-        if v not in list_envs():
-            raise ValueError(f"unknown env {v!r}; known: {', '.join(list_envs())}")
-        return v
+        return _known_env(v)
 
 
 class ServeSection(_Strict):
@@ -56,6 +60,23 @@ class ServeSection(_Strict):
     prefill_thread: Literal["auto", "on", "off"] = "auto"  # embedded backend: `lam serve --prefill-thread`
     packed_prefill: Literal["auto", "off"] = "auto"  # embedded backend: `lam serve --packed-prefill`
     replicas: int | Literal["auto"] = "auto"  # embedded backend: `lam serve --replicas`
+    # largest max_tokens a request may ask (`lam serve --max-new-tokens`): the agent asks 512 for a
+    # tool call (JSON arguments), 16 for a text action
+    max_new_tokens: int = Field(512, gt=0)
+
+
+class ExtraEval(_Strict):
+    """The final model evaluated on another environment too (e.g. BFCL for a tool-world model)."""
+    env: str
+    levels: list[str]
+    episodes: int = Field(20, gt=0)  # per level, test split
+    max_steps: int | None = Field(None, gt=0)  # null: eval.max_steps
+    base_seed: int = 0
+
+    @field_validator("env")
+    @classmethod
+    def _env_known(cls, v: str) -> str:
+        return _known_env(v)
 
 
 class EvalSection(_Strict):
@@ -68,6 +89,8 @@ class EvalSection(_Strict):
     max_retries: int = Field(2, ge=0)
     baselines: list[str] = ["random", "expert"]
     base_seed: int = 0
+    # other environments the final model is also evaluated on (no baselines there), reported beside
+    also: list[ExtraEval] = []
 
 
 class SelfBoostSection(_Strict):
@@ -117,6 +140,10 @@ class PipelineConfig(_Strict):
             for lvl in levels:
                 if lvl not in known:
                     raise ConfigError(f"{where}: unknown level {lvl!r} for env {self.collect.env!r}")
+        for i, x in enumerate(self.eval.also):
+            for lvl in x.levels:
+                if lvl not in get_env_spec(x.env).levels:
+                    raise ConfigError(f"eval.also[{i}].levels: unknown level {lvl!r} for env {x.env!r}")
 
 
 def _one_line(e: ValidationError, path: str) -> str:

@@ -105,7 +105,8 @@ def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
     speed = {"workers", "threads"}
     runner = {"eval.max_steps": e.max_steps, "eval.max_retries": e.max_retries,
               "train.history_window": cfg.train.history_window}
-    held_out = {"collect.env": c.env, "eval": e.model_dump(exclude=speed | {"baselines"}), "seed": cfg.seed, **runner}
+    held_out = {"collect.env": c.env, "eval": e.model_dump(exclude=speed | {"baselines", "also"}), "seed": cfg.seed,
+                **runner}
     plan: dict[str, dict] = {}
 
     def add(name: str, inputs: dict, after: list[str], outputs: list[str]) -> None:
@@ -133,10 +134,22 @@ def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
             model = "dpo_train"
         add(f"eval_{phase}", {**held_out, "serve.backend": cfg.serve.backend}, [model],
             [f"eval/{_model_name(cfg, phase)}"])
+    for x in e.also:  # the final model on another env: same sampling and runner, its own tasks
+        add(_also_stage(x), {"also": x.model_dump(), "eval.temperature": e.temperature, "seed": cfg.seed,
+                             "serve.backend": cfg.serve.backend, **runner}, [model],
+            [f"eval/{_also_name(cfg, x)}"])
     for name in e.baselines:  # no model, no sampling temperature
         add(f"eval_{name}", {k: v for k, v in _flat(held_out).items() if k != "eval.temperature"}, [],
             [f"eval/{name}"])
     return plan
+
+
+def _also_stage(x) -> str:
+    return f"eval_also_{x.env}"
+
+
+def _also_name(cfg: PipelineConfig, x) -> str:
+    return f"{_model_name(cfg, cfg.phases[-1])}@{x.env}"
 
 
 def _older_plan(run_dir: Path) -> dict:
@@ -197,6 +210,7 @@ def _with_server(cfg: PipelineConfig, export: str, fn):
 
     server = start_server_subprocess(export, threads=cfg.serve.threads, max_batch_size=cfg.serve.max_batch_size,
                                      backend=cfg.serve.backend, port=cfg.serve.port, model_name=SERVED_NAME,
+                                     max_new_tokens_limit=cfg.serve.max_new_tokens,
                                      extra_args=["--prefill-thread", cfg.serve.prefill_thread,
                                                  "--packed-prefill", cfg.serve.packed_prefill,
                                                  "--replicas", str(cfg.serve.replicas)])
@@ -327,6 +341,27 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
             console.print(f"[bold]dpo[/]: {info['pairs']} pairs, reward accuracy {info['reward_accuracy']:.2f}")
             eval_phase("dpo", export)
 
+    # the final model on other environments (eval.also) -------------------------------------------
+    also: dict[str, dict] = {}
+    for x in e.also:
+        name = _also_name(cfg, x)
+        x_tasks = sample_tasks(x.env, x.levels, "test", x.episodes * len(x.levels), base_seed=x.base_seed)
+        x_runner = {**runner, "max_steps": x.max_steps or e.max_steps}
+        out = _stage(stages, plan, _also_stage(x), lambda x=x, name=name, x_tasks=x_tasks, x_runner=x_runner:
+                     _with_server(cfg, export, lambda url: evaluate(
+                         name, x.env, x_tasks, _model_policy(url, e.temperature, cfg.seed), x_runner, e.workers,
+                         run_dir / "eval")))
+        results[name] = out
+        wall[_also_stage(x)] = out["wall_s"]
+        m = out["overall"]
+        also[name] = {"env": x.env, "levels": x.levels, "episodes": m["episodes"],
+                      "success_rate": m["success_rate"] if m["episodes"] else None,
+                      "success_ci95": m["success_ci95"] if m["episodes"] else None,
+                      "infra_errors": m.get("infra_errors", 0)}
+        console.print(f"[bold]evaluate[/] {name} ({', '.join(x.levels)}): "
+                      + (f"success {100 * m['success_rate']:.1f}% on {m['episodes']} episodes" if m["episodes"]
+                         else "no episodes (all infrastructure errors)") + f" ({out['wall_s']:.0f}s)")
+
     # baselines on the same held-out seeds ------------------------------------------------------
     for name in e.baselines:
         out = _stage(stages, plan, f"eval_{name}", lambda name=name: evaluate(
@@ -334,6 +369,8 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
         results[name] = out
         wall[f"eval_{name}"] = out["wall_s"]
     extra = {"export": export, "phases": phases, "eval_temperature": e.temperature, "eval_seed": cfg.seed}
+    if also:  # absent for configs without eval.also, so their report is unchanged
+        extra["also"] = also
     report = write_report(run_dir, results, wall, extra)
     print_report(report)
     return report
