@@ -82,9 +82,12 @@ def test_one_default_temperature_for_lam_eval_and_the_pipeline_stated_in_every_r
 
     parsed = build_parser().parse_args(["eval"])
     assert parsed.temperature == EvalSection().temperature == 0.7
-    for path in sorted((REPO / "configs").rglob("*.yaml")):  # every config that sets it agrees
-        ev = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
-        assert ev.get("temperature", 0.7) == 0.7, path
+    # every BabyAI config (what a default `lam eval` runs on) agrees; another world may choose its own,
+    # explicitly, and its report states it (configs/tools.yaml: greedy tool calls)
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        if (raw.get("collect") or {}).get("env", "babyai") == "babyai":
+            assert (raw.get("eval") or {}).get("temperature", 0.7) == 0.7, path
     out = tmp_path / "suite"
     assert main(["eval", "--suite", "success", "--model-url", stub_server.base_url, "--model", "stub",
                  "--episodes", "2", "--max-steps", "2", "--workers", "2", "--seed", "5", "--out", str(out)]) == 0
