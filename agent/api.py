@@ -59,21 +59,28 @@ class CreateSession(_Strict):
 
 
 class _JsonBodies:
-    """Every request body this API takes is JSON. `curl -d '{...}'` labels it form-urlencoded, which FastAPI
-    would refuse with a 422 that blames a missing field; read such a body as the JSON it is (a body that is
-    not JSON still gets "the request body is not valid JSON")."""
+    """Every request body this API takes is JSON. `curl -d '{...}'` without `-H 'Content-Type:
+    application/json'` labels it form-urlencoded, which FastAPI answers with a 422 blaming a missing field:
+    answer 415 naming the header instead. Such bodies are not read as JSON, since a browser page may send
+    form and text/plain POSTs to 127.0.0.1 without asking first (cross-site request forgery)."""
 
-    _FORMS = (b"application/x-www-form-urlencoded", b"text/plain")
+    _FORMS = (b"application/x-www-form-urlencoded", b"multipart/form-data", b"text/plain")
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             ctype = dict(scope["headers"]).get(b"content-type", b"")
             if ctype.split(b";")[0].strip().lower() in self._FORMS:
-                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+                body = json.dumps({"error": {"code": "unsupported_media_type", "message": (
+                    f"request bodies are JSON: send the header 'Content-Type: application/json' "
+                    f"(got {ctype.decode(errors='replace')!r}; curl: -H 'Content-Type: application/json')")}}).encode()
+                await send({"type": "http.response.start", "status": 415,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
         await self.app(scope, receive, send)
 
 
