@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the collected datasets (printed path)")
     a = p.parse_args(argv)
 
-    from cluster.ray_local import init_ray
+    from data_collection.ray_local import init_ray
 
     load0 = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="lam-bench-collect-"))

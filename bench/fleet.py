@@ -103,7 +103,7 @@ def main() -> None:
 
     import ray
 
-    from cluster.ray_local import init_ray
+    from data_collection.ray_local import init_ray
     from serving.launch import start_server_subprocess
 
     tmp = tempfile.TemporaryDirectory(prefix="lam-bench-fleet-")

@@ -67,7 +67,7 @@ def build_job(req: JobRequest) -> dict:
     for kv in req.overrides:
         argv += ["--set", kv]
     env = {
-        # ray.init() in the driver adds its own worker env vars (cluster/ray_local.py); let those
+        # ray.init() in the driver adds its own worker env vars (data_collection/ray_local.py); let those
         # win over the job's instead of failing on a duplicate key.
         "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
         **req.env,

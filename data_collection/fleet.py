@@ -117,7 +117,7 @@ class Fleet:
             return
         import ray
 
-        from cluster.ray_local import init_ray
+        from data_collection.ray_local import init_ray
 
         self.ray = ray
         self._started_ray = init_ray()

@@ -197,7 +197,7 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     from rich.console import Console
     from rich.progress import Progress
 
-    from cluster.ray_local import init_ray
+    from data_collection.ray_local import init_ray
 
     store = TrajectoryStore(Path(root))
     store.root.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def _public(cfg: SuiteConfig) -> dict:
 
 def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, html: bool = True) -> dict:
     """Run every variant of the suite into cfg.out, then write report.json, report.md, report.html."""
-    from cluster.ray_local import init_ray
+    from data_collection.ray_local import init_ray
     from envs.registry import sample_tasks
     from eval.evaluator import ActorPool, check_model_endpoint, run_units
 

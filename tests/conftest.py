@@ -14,7 +14,7 @@ def ray_local():
     """One private local Ray cluster on 127.0.0.1 for the whole session; stopped at the end."""
     import ray
 
-    from cluster.ray_local import init_ray
+    from data_collection.ray_local import init_ray
 
     started = init_ray(num_cpus=2)
     yield ray

@@ -33,7 +33,7 @@ def train_on_ray(data: str, out: str, train_cfg: dict, workers: int, use_gpu: bo
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cluster.ray_local import init_ray
+    from data_collection.ray_local import init_ray
     from training.run_dir import prepare_out_dir
 
     prepare_out_dir(out, resume, overwrite)  # once, here: the workers then find OUT clean or resumable

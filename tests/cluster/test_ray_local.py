@@ -60,11 +60,11 @@ def _is_loopback(ip: str) -> bool:
     return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-# The driver imports ray before cluster.ray_local, as `lam collect` (data_collection/fleet.py) and
+# The driver imports ray before data_collection.ray_local, as `lam collect` (data_collection/fleet.py) and
 # `lam eval` (eval/evaluator.py) do, then runs a task and an actor so worker processes exist too.
 _DRIVER = """
 import sys, ray
-from cluster.ray_local import init_ray
+from data_collection.ray_local import init_ray
 init_ray(num_cpus=1)
 @ray.remote
 class A:
