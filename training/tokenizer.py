@@ -39,20 +39,33 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, max_token_length: int = 24):
-    """Train and return a `PreTrainedTokenizerFast` with our specials and chat template."""
+# "words": a tool schema line (as the template writes it) is one piece, so BPE compresses the constant
+# schemas into long phrases; everywhere else a word ([A-Za-z_]+), each digit, and each run of other
+# characters are pieces of their own. A value is then the same tokens wherever it appears (the
+# request "to Mae.", the call {"user": "Mae"}, the result "USR357" and the reply), so copying it is
+# a token-for-token copy, and an unseen value is spelled with pieces training has seen.
+WORD_PIECES = r'\{"type": "function"[^\n]*|[A-Za-z_]+|\d|[^A-Za-z_\d\n]+|\n'
+TOKENIZER_STYLES = ("phrases", "words")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, max_token_length: int = 24, style: str = "phrases"):
+    """Train and return a `PreTrainedTokenizerFast` with our specials and chat template.
+
+    style "phrases" (text worlds): pieces end at a newline and start at a number, so BPE learns semantic
+    units ("a grey ball ", "1 step forward and ", "2 steps right\n") and no token straddles two objects.
+    style "words" (function calls): see WORD_PIECES."""
     from transformers import PreTrainedTokenizerFast
 
+    if style not in TOKENIZER_STYLES:
+        raise ValueError(f"unknown tokenizer style {style!r}: expected one of {', '.join(TOKENIZER_STYLES)}")
     tok = Tokenizer(models.BPE())
-    # Pieces end at a newline and start at a number, so BPE learns semantic units
-    # ("a grey ball ", "1 step forward and ", "2 steps right\n") and no token straddles two objects.
+    if style == "phrases":
+        split = [pre_tokenizers.Split("\n", behavior="merged_with_previous"),
+                 pre_tokenizers.Split(Regex(r"\d+"), behavior="merged_with_next")]
+    else:
+        split = [pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated")]
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split("\n", behavior="merged_with_previous"),
-            pre_tokenizers.Split(Regex(r"\d+"), behavior="merged_with_next"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+        split + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

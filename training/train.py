@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +29,10 @@ class TrainConfig(BaseModel):
     model: str = "tiny"
     # BPE vocabulary size of the tokenizer trained on the collected text (ignored for a local model)
     vocab_size: int = 2048
+    # how that tokenizer cuts text before BPE (training/tokenizer.py): "phrases" (long phrase tokens: text
+    # worlds), "words" (values stay the same tokens wherever they appear: function calls), "auto" = words
+    # when the data has tool-space episodes
+    tokenizer: Literal["auto", "phrases", "words"] = "auto"
     # the agent's history window at inference; samples follow the windows the records' conversations
     # were collected with (collection uses the runner default, 8), so keep the two equal
     history_window: int = 8
@@ -170,7 +175,8 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     if not own_tokenizer:
         if not ((tok_dir / "tokenizer.json").exists() and resume):
             if rank == 0:
-                train_tokenizer(tokenizer_texts(convs[:20000]), vocab_size=cfg.vocab_size).save_pretrained(tok_dir)
+                style = cfg.tokenizer if cfg.tokenizer != "auto" else ("words" if any(c.tools for c in convs) else "phrases")
+                train_tokenizer(tokenizer_texts(convs[:20000]), vocab_size=cfg.vocab_size, style=style).save_pretrained(tok_dir)
             if world > 1:
                 deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
                 torch.distributed.barrier()
