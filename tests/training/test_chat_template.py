@@ -43,11 +43,11 @@ def _texts(episodes) -> list[str]:
     return tokenizer_texts(episode_conversations([e for eps in episodes.values() for e in eps]))
 
 
-def _save_project_model(root: Path, texts: list[str]) -> Path:
+def _save_project_model(root: Path, texts: list[str], style: str = "phrases") -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = train_tokenizer(texts, vocab_size=600)
+    tok = train_tokenizer(texts, vocab_size=600, style=style)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32768,
@@ -56,11 +56,11 @@ def _save_project_model(root: Path, texts: list[str]) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["project", "chatml"])
+@pytest.fixture(scope="module", params=["project", "project-words", "chatml"])
 def model_dir(request, episodes, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    if request.param == "project":
-        return _save_project_model(root, _texts(episodes))
+    if request.param.startswith("project"):
+        return _save_project_model(root, _texts(episodes), "words" if request.param.endswith("words") else "phrases")
     return build_chatml_model(root, _texts(episodes), max_positions=32768)
 
 
@@ -236,3 +236,44 @@ def test_a_conversation_without_labels_makes_no_sample(episodes):
     tok = train_tokenizer(_texts(episodes), vocab_size=400)
     conv = Conversation([{"role": "user", "content": "x"}, {"role": "assistant", "content": "turn left"}], [], [])
     assert ChatEncoder(tok).encode(conv)[2] == []
+
+
+def _calls_copy_their_values(tok, episode) -> tuple[int, int]:
+    """(string arguments of the episode's tool calls, those whose tokens in the call also occur,
+    in order and contiguous, in the prompt before the call): a value the model can copy token for token."""
+    conv = episode_conversations([episode])[0]
+    ids, _, spans = ChatEncoder(tok).encode(conv)
+    total = copyable = 0
+    for (start, end), a in zip(spans, conv.labeled):
+        seen = " ".join(m["content"] or "" for m in conv.messages[:a] if m["role"] in ("user", "tool"))
+        for call in conv.messages[a].get("tool_calls") or []:
+            for value in json.loads(call["function"]["arguments"]).values():
+                if not isinstance(value, str) or value not in seen:  # a constant ("Buy"), not a copy
+                    continue
+                total += 1
+                call_ids = ids[start:end]
+                # the value's ids inside the call: the shortest window of the call that decodes to it
+                found = [call_ids[i:j] for i in range(len(call_ids)) for j in range(i + 1, len(call_ids) + 1)
+                         if tok.decode(call_ids[i:j]) == value]
+                prompt = ids[:start]
+                if found and any(prompt[k:k + len(found[0])] == found[0] for k in range(len(prompt))):
+                    copyable += 1
+    return total, copyable
+
+
+# issue 16 item 4
+def test_the_words_tokenizer_spells_a_value_the_same_in_the_request_the_result_and_the_call(episodes):
+    """Why tool data gets the "words" style: a name in the request ("... to Mae."), in a result
+    ({"user_id": "USR357"}) and in the call ({"user": "Mae"}) must be the same tokens, or copying it is a
+    different token sequence for each neighbour; with the "phrases" style most values are not."""
+    env = make_env("toolworld")
+    train = [_records(env, Task("toolworld", f"L{1 + s % 5}", s)) for s in range(40)]
+    texts = tokenizer_texts(episode_conversations(train))
+    words, phrases = train_tokenizer(texts, vocab_size=1024, style="words"), train_tokenizer(texts, vocab_size=1024)
+    test = [_records(env, Task("toolworld", lvl, s, "test")) for lvl in ("L3", "L4", "L5") for s in range(4)]
+    n, ok = map(sum, zip(*(_calls_copy_their_values(words, ep) for ep in test)))
+    assert n >= 15 and ok == n
+    n2, ok2 = map(sum, zip(*(_calls_copy_their_values(phrases, ep) for ep in test)))
+    assert n2 == n and ok2 < n * 0.8, (ok2, n)
+    with pytest.raises(ValueError, match="unknown tokenizer style 'chars'"):
+        train_tokenizer(texts, vocab_size=600, style="chars")
