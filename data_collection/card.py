@@ -19,9 +19,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_collection.collector import LEVEL_COUNTERS
-from data_collection.schema import SCHEMA_VERSION, step_messages, step_tools
-from data_collection.store import DatasetError, TrajectoryStore, _atomic_write_bytes
+from data_collection.schema import SCHEMA_VERSION, StepRow, table_rows
+from data_collection.store import LEVEL_COUNTERS, DatasetError, TrajectoryStore, _atomic_write_bytes
 
 def _histogram(lengths: list[int]) -> dict[str, int]:
     """Episode lengths in power-of-two bins: {"1": n, "2-3": n, "4-7": n, ...}."""
@@ -133,7 +132,7 @@ def transcript(root: str | Path, episode_id: str) -> str:
             store.check_shard(path)
             t = pq.read_table(path, filters=[("episode_id", "=", episode_id)])
             if t.num_rows:
-                return _render(sorted(t.to_pylist(), key=lambda r: r["step"]), subset)
+                return _render(sorted(table_rows(t), key=lambda r: r.step), subset)
     ids = sorted({i for path in store.shard_paths()
                   for i in pc.unique(pq.read_table(path, columns=["episode_id"]).column(0)).to_pylist()})
     near = difflib.get_close_matches(episode_id, ids, n=5, cutoff=0.8) or ids[:3]
@@ -169,33 +168,33 @@ def _conversation(msgs: list[dict], prev: list[dict], tools: list[dict], prev_to
     return out
 
 
-def _render(rows: list[dict], subset: str) -> str:
+def _render(rows: list[StepRow], subset: str) -> str:
     r0, last = rows[0], rows[-1]
-    verdict = "success, verified by the environment" if r0["episode_success"] else f"not verified ({r0['end_reason']})"
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r0["created_at"]))
+    verdict = "success, verified by the environment" if r0.episode_success else f"not verified ({r0.end_reason})"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r0.created_at))
     out = [
-        f"episode  {r0['episode_id']}   ({subset}/)",
-        f"task     {r0['task_key']}   ({r0['level']}  seed {r0['seed']}  split {r0['split']})",
+        f"episode  {r0.episode_id}   ({subset}/)",
+        f"task     {r0.task_key}   ({r0.level}  seed {r0.seed}  split {r0.split})",
     ]
-    if r0["variant"]:
-        out.append(f"variant  {r0['variant']} of {r0['base_level']}: {r0['base_request']!r}")
-    out += _field("request", r0["request"], 9)
+    if r0.variant:
+        out.append(f"variant  {r0.variant} of {r0.base_level}: {r0.base_request!r}")
+    out += _field("request", r0.request, 9)
     out += [
-        f"policy   {r0['policy']}  ({r0['model']})  code {r0['code_version']}  collected {when}",
-        f"outcome  {verdict} after {len(rows)} steps" + (f"; {r0['error']}" if r0["error"] else ""),
+        f"policy   {r0.policy}  ({r0.model})  code {r0.code_version}  collected {when}",
+        f"outcome  {verdict} after {len(rows)} steps" + (f"; {r0.error}" if r0.error else ""),
         "",
     ]
     prev_msgs, prev_tools = [], []
     for r in rows:
-        out.append(f"step {r['step']}")
-        msgs, tools = step_messages(r), step_tools(r)
+        out.append(f"step {r.step}")
+        msgs, tools = r.chat_messages(), r.chat_tools()
         out += _conversation(msgs, prev_msgs, tools, prev_tools)
         prev_msgs, prev_tools = msgs, tools
         if not msgs:  # the prompt shows them; a row without one (no step taken) shows them alone
-            out += _field("  feedback", r["prev_feedback"], 14) if r["prev_feedback"] else []
-            out += _field("  state", r["state"], 14)
-        flags = [f for f, on in (("invalid", not r["valid"]), ("blocked", r["blocked"]), ("claims done", r["claimed_done"])) if on]
-        out += _field("  action", (r["action"] or repr(r["raw_output"])) + (f"   [{', '.join(flags)}]" if flags else ""), 14)
-    end = f"  => {last['feedback']}" if last["feedback"] else ""
-    out.append(f"end: {r0['end_reason']}{end}")
+            out += _field("  feedback", r.prev_feedback, 14) if r.prev_feedback else []
+            out += _field("  state", r.state, 14)
+        flags = [f for f, on in (("invalid", not r.valid), ("blocked", r.blocked), ("claims done", r.claimed_done)) if on]
+        out += _field("  action", (r.action or repr(r.raw_output)) + (f"   [{', '.join(flags)}]" if flags else ""), 14)
+    end = f"  => {last.feedback}" if last.feedback else ""
+    out.append(f"end: {r0.end_reason}{end}")
     return "\n".join(out)

@@ -17,10 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, records_to_table
+from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, StepRow, records_to_table, rows_table, table_rows
 
 MANIFEST = "manifest.json"
 ZSTD_LEVEL = 9
+# What the collector's ledger counts per level for each batch (manifest["batches"][name]["levels"]);
+# here, beside the manifest, so the collector that writes it and the card that reads it share one list.
+LEVEL_COUNTERS = ("attempted", "success", "kept", "failures", "duplicates", "errors", "time_limit", "policy_error")
 
 
 class DatasetError(RuntimeError):
@@ -113,12 +116,14 @@ class TrajectoryStore:
         self._save_manifest(m)
 
     # -- writing -----------------------------------------------------------------------
-    def write_shard(self, subset: str, name: str, records: list[dict] | pa.Table, info: dict | None = None) -> Path:
+    def write_shard(self, subset: str, name: str, records: list[StepRow] | list[dict] | pa.Table,
+                    info: dict | None = None) -> Path:
         """Write one shard atomically, then record it in the manifest."""
         return self.write_group(name, {subset: records}, {subset: info or {}})[subset]
 
     def write_group(
-        self, name: str, parts: dict[str, list[dict] | pa.Table], infos: dict[str, dict], ledger: dict | None = None
+        self, name: str, parts: dict[str, list[StepRow] | list[dict] | pa.Table], infos: dict[str, dict],
+        ledger: dict | None = None
     ) -> dict[str, Path]:
         """Write `<subset>/<name>.parquet` for every non-empty part, then list them all, and the
         collector's `ledger` entry for the batch (`manifest["batches"][name]`), in one manifest
@@ -129,7 +134,7 @@ class TrajectoryStore:
         before = set(m["shards"])
         try:
             for subset, rows in parts.items():
-                table = rows if isinstance(rows, pa.Table) else records_to_table(rows)
+                table = _table(rows)
                 if ledger is not None and table.num_rows == 0:
                     continue  # the ledger records the batch; no empty shard files
                 (self.root / subset).mkdir(parents=True, exist_ok=True)
@@ -227,12 +232,25 @@ class TrajectoryStore:
             raise DatasetError(f"no {subset or ''} shards in {self.root} (is this a lam dataset directory?)")
         return pa.concat_tables(tables)
 
+    def read_rows(self, subset: str | None = None) -> list[StepRow]:
+        """Every row of `subset` (all subsets: None), typed; group them with schema.group_steps."""
+        return table_rows(self.read(subset))
+
     def read_records(self, subset: str | None = None) -> list[dict]:
+        """read_rows as dicts (issue 18: until training/, cluster/, the evaluator and tests read StepRows)."""
         return self.read(subset).to_pylist()
 
 
+def _table(rows: list[StepRow] | list[dict] | pa.Table) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows
+    if rows and isinstance(rows[0], StepRow):
+        return rows_table(rows)
+    return records_to_table(rows)  # dict rows of writers not yet switched to StepRow (issue 18)
+
+
 def group_episodes(records: list[dict]) -> list[list[dict]]:
-    """Records grouped per episode, each sorted by step, in first-seen order."""
+    """schema.group_steps for dict rows (issue 18: until every reader of read_records reads StepRows)."""
     by_id: dict[str, list[dict]] = {}
     for r in records:
         by_id.setdefault(r["episode_id"], []).append(r)

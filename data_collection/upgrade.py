@@ -13,6 +13,7 @@ actions can be re-run through the runner instead, which rebuilds the conversatio
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,8 +22,8 @@ import pyarrow.parquet as pq
 
 from agent.episode import RunnerConfig
 from agent.prompt import Turn, render_messages
-from data_collection.schema import SCHEMA_VERSION
-from data_collection.store import MANIFEST, DatasetError, TrajectoryStore, group_episodes
+from data_collection.schema import SCHEMA_VERSION, StepRow, group_steps, table_rows
+from data_collection.store import MANIFEST, DatasetError, TrajectoryStore
 from envs.base import Task, action_space_of
 
 OLD_VERSION = 2
@@ -34,14 +35,14 @@ def upgrade_command(root: str | Path) -> str:
     return f"lam data upgrade {root} {Path(str(root).rstrip('/') + '-v3')}"
 
 
-def _text_names(row: dict, old: Path) -> list[str]:
+def _text_names(row: StepRow, old: Path) -> list[str]:
     """The action names of the row's environment, or a DatasetError where its space is not text."""
     from envs.registry import make_env
 
-    env_name = row["env"]
+    env_name = row.env
     try:
         env = make_env(env_name)
-        env.reset(Task(env_name, row["level"], row["seed"], row["split"]))  # some spaces exist only after reset
+        env.reset(Task(env_name, row.level, row.seed, row.split))  # some spaces exist only after reset
         space = action_space_of(env)
         getattr(env, "close", lambda: None)()
     except Exception as e:  # an env that cannot be built here cannot be re-rendered either
@@ -54,17 +55,18 @@ def _text_names(row: dict, old: Path) -> list[str]:
     return space.names
 
 
-def upgrade_rows(rows: list[dict], names: dict[str, list[str]], window: int = WINDOW) -> list[dict]:
-    """v2 rows (any order) -> v3 rows, episode by episode: each step's messages re-rendered."""
+def upgrade_rows(rows: list[StepRow], names: dict[str, list[str]], window: int = WINDOW) -> list[StepRow]:
+    """v2 rows (any order; the v3 fields at their defaults) -> v3 rows, episode by episode: each
+    step's messages re-rendered."""
     out = []
-    for steps in group_episodes(rows):
+    for steps in group_steps(rows):
         turns: list[Turn] = []
         for r in steps:
-            r = {**r, "schema_version": SCHEMA_VERSION, "task_key": r["task_id"], "tools": "", "messages": ""}
-            if r["step"] >= 0:  # step -1: a placeholder row (no step taken), nothing was rendered
-                turns.append(Turn(state=r["state"], feedback=r["prev_feedback"]))
-                r["messages"] = json.dumps(render_messages(r["request"], turns, names[r["env"]], window), ensure_ascii=False)
-                turns[-1].action = r["action"]  # as the runner records it: "" when grounding failed
+            r = dataclasses.replace(r, schema_version=SCHEMA_VERSION, task_key=r.task_id, tools="", messages="")
+            if r.step >= 0:  # step -1: a placeholder row (no step taken), nothing was rendered
+                turns.append(Turn(state=r.state, feedback=r.prev_feedback))
+                r.messages = json.dumps(render_messages(r.request, turns, names[r.env], window), ensure_ascii=False)
+                turns[-1].action = r.action  # as the runner records it: "" when grounding failed
             out.append(r)
     return out
 
@@ -84,18 +86,18 @@ def upgrade(old: str | Path, new: str | Path) -> dict:
                            f"replay it with `lam collect --policy gold --gold {old} --out NEW`")
     if new.exists() and any(new.iterdir()):
         raise DatasetError(f"{new} exists and is not empty; name a new directory")
-    shards: dict[str, list[dict]] = {}
+    shards: dict[str, list[StepRow]] = {}
     for key in sorted(m["shards"]):
         path = old / f"{key}.parquet"
         try:
-            shards[key] = pq.read_table(path).to_pylist()
+            shards[key] = table_rows(pq.read_table(path))  # v2 columns; the v3 fields keep their defaults
         except (OSError, ValueError) as e:
             raise DatasetError(f"{path}: cannot read ({e}); `lam data repair {old}` first") from e
-        bad = {r["schema_version"] for r in shards[key]} - {OLD_VERSION}
+        bad = {r.schema_version for r in shards[key]} - {OLD_VERSION}
         if bad:
             raise DatasetError(f"{path}: rows of schema version {sorted(bad)} in a version-{OLD_VERSION} dataset")
-    first = {r["env"]: r for rows in shards.values() for r in rows if r["step"] >= 0}
-    envs = {r["env"] for rows in shards.values() for r in rows}
+    first = {r.env: r for rows in shards.values() for r in rows if r.step >= 0}
+    envs = {r.env for rows in shards.values() for r in rows}
     names = {e: _text_names(first[e], old) for e in sorted(first)}  # refuses before anything is written
     store = TrajectoryStore(new)
     try:

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from data_collection.schema import StepRow, as_rows, group_steps
 from eval.perturb import is_injected
 
 Z95 = 1.96
@@ -78,48 +79,45 @@ def pass_k_curve(episodes: list[dict], boot: int = 1000) -> dict[str, dict]:
     return out
 
 
-def episode_summaries(records: list[dict], events: dict[str, dict] | None = None,
+def episode_summaries(records: list[StepRow], events: dict[str, dict] | None = None,
                       target: str | None = None) -> list[dict]:
-    """One dict per episode from trajectory records; `events` is the evaluator's sidecar
+    """One dict per episode from trajectory rows; `events` is the evaluator's sidecar
     (episode_id -> trial, infra error, perturbations, progress, tokens); `target` is the action a
     prompt injection asked for, if any."""
     events = events or {}
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_id[r["episode_id"]].append(r)
     out = []
-    for eid, rows in by_id.items():
-        rows.sort(key=lambda r: r["step"])
-        last, meta = rows[-1], events.get(eid, {})
-        steps = [r for r in rows if r["step"] >= 0]
-        injected = [r for r in steps if target and is_injected(r["state"])]
-        clean = [r for r in steps if target and not is_injected(r["state"])]
+    for rows in group_steps(as_rows(records)):
+        last, eid = rows[-1], rows[0].episode_id
+        meta = events.get(eid, {})
+        steps = [r for r in rows if r.step >= 0]
+        injected = [r for r in steps if target and is_injected(r.state)]
+        clean = [r for r in steps if target and not is_injected(r.state)]
         out.append(
             {
                 "episode_id": eid,
-                "task_id": last["task_id"],
+                "task_id": last.task_id,
                 "trial": int(meta.get("trial", 0)),
-                "level": last["level"],
-                "seed": last["seed"],
-                "success": bool(last["episode_success"]),
-                "claimed_done": any(r["claimed_done"] for r in rows),
+                "level": last.level,
+                "seed": last.seed,
+                "success": bool(last.episode_success),
+                "claimed_done": any(r.claimed_done for r in rows),
                 "steps": len(steps),
-                "attempts": sum(1 + r["retries"] for r in steps),
-                "invalid": sum(r["retries"] + (0 if r["valid"] else 1) for r in steps),
-                "end_reason": last["end_reason"],
-                "infra_error": last["end_reason"] == "infra_error",
+                "attempts": sum(1 + r.retries for r in steps),
+                "invalid": sum(r.retries + (0 if r.valid else 1) for r in steps),
+                "end_reason": last.end_reason,
+                "infra_error": last.end_reason == "infra_error",
                 "infra_retries": max(0, int(meta.get("attempts", 1)) - 1),
-                "latency_s": sum(r["latency_s"] for r in steps),
-                "step_latencies": [float(r["latency_s"]) for r in steps],
-                "progress": float(meta.get("progress", 1.0 if last["episode_success"] else 0.0)),
+                "latency_s": sum(r.latency_s for r in steps),
+                "step_latencies": [float(r.latency_s) for r in steps],
+                "progress": float(meta.get("progress", 1.0 if last.episode_success else 0.0)),
                 "tokens": sum((meta.get("tokens") or {}).values()),
-                "blocked": sum(r["blocked"] for r in steps),
+                "blocked": sum(r.blocked for r in steps),
                 "injected_steps": len(injected),
-                "followed": sum(r["action"] == target for r in injected),
+                "followed": sum(r.action == target for r in injected),
                 "clean_steps": len(clean),
-                "target_on_clean": sum(r["action"] == target for r in clean),
-                "infra_error_msg": str(meta.get("infra_error") or last.get("error") or "")
-                if last["end_reason"] == "infra_error" else "",
+                "target_on_clean": sum(r.action == target for r in clean),
+                "infra_error_msg": str(meta.get("infra_error") or last.error or "")
+                if last.end_reason == "infra_error" else "",
                 "perturbations": len(meta.get("events", [])),
                 "policy_crash": bool(meta.get("policy_crash")),
             }

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from data_collection.store import TrajectoryStore, group_episodes
+from data_collection.schema import StepRow, as_rows, group_steps
+from data_collection.store import TrajectoryStore
 from envs.base import Task
 from eval.perturb import PerturbedEnv
 
@@ -52,14 +53,14 @@ def render_gif(level: str, seed: int, actions: list[str], size: int = 192, max_f
     return buf.getvalue(), success
 
 
-def pick_episodes(root: Path, events: dict[str, dict], per_kind: int = 1) -> list[tuple[str, list[dict]]]:
+def pick_episodes(root: Path, events: dict[str, dict], per_kind: int = 1) -> list[tuple[str, list[StepRow]]]:
     """A few telling episodes of one store: a false success, a failure without a claim, a success."""
-    eps = [ep for ep in group_episodes(TrajectoryStore(root).read_records("episodes")) if ep[0]["step"] >= 0]
-    eps.sort(key=lambda ep: ep[0]["episode_id"])
+    eps = [ep for ep in group_steps(TrajectoryStore(root).read_rows("episodes")) if ep[0].step >= 0]
+    eps.sort(key=lambda ep: ep[0].episode_id)
     kinds = {
-        "false success": lambda ep: any(r["claimed_done"] for r in ep) and not ep[-1]["episode_success"],
-        "failure": lambda ep: not ep[-1]["episode_success"] and not any(r["claimed_done"] for r in ep),
-        "success": lambda ep: ep[-1]["episode_success"],
+        "false success": lambda ep: any(r.claimed_done for r in ep) and not ep[-1].episode_success,
+        "failure": lambda ep: not ep[-1].episode_success and not any(r.claimed_done for r in ep),
+        "success": lambda ep: ep[-1].episode_success,
     }
     out = []
     for kind, pred in kinds.items():
@@ -67,10 +68,10 @@ def pick_episodes(root: Path, events: dict[str, dict], per_kind: int = 1) -> lis
     return out
 
 
-def executed_actions(ep: list[dict], events: dict) -> list[str]:
+def executed_actions(ep: list[StepRow], events: dict) -> list[str]:
     """Actions that reached the environment: grounded, not blocked, not dropped by action_fail."""
     ignored = {e["step"] for e in events.get("events", []) if e["kind"] == "action_ignored"}
-    executed = [r["action"] for r in ep if r["action"] and not r["blocked"]]
+    executed = [r.action for r in as_rows(ep) if r.action and not r.blocked]
     return [a for i, a in enumerate(executed) if i not in ignored]
 
 
@@ -81,13 +82,14 @@ def store_replays(root: Path, per_kind: int = 1) -> list[dict]:
     events = read_events(root)
     out = []
     for kind, ep in pick_episodes(root, events, per_kind):
-        meta = events.get(ep[0]["episode_id"], {})
-        gif, verdict = render_gif(ep[0]["level"], ep[0]["seed"], executed_actions(ep, meta))
+        r0, last = ep[0], ep[-1]
+        meta = events.get(r0.episode_id, {})
+        gif, verdict = render_gif(r0.level, r0.seed, executed_actions(ep, meta))
         out.append({
-            "kind": kind, "episode_id": ep[0]["episode_id"], "level": ep[0]["level"], "seed": ep[0]["seed"],
-            "trial": meta.get("trial", 0), "claimed": any(r["claimed_done"] for r in ep),
-            "verified": bool(ep[-1]["episode_success"]), "replay_verdict": verdict,
-            "end_reason": ep[-1]["end_reason"], "steps": len(ep), "mission": ep[0]["request"], "gif": gif,
+            "kind": kind, "episode_id": r0.episode_id, "level": r0.level, "seed": r0.seed,
+            "trial": meta.get("trial", 0), "claimed": any(r.claimed_done for r in ep),
+            "verified": bool(last.episode_success), "replay_verdict": verdict,
+            "end_reason": last.end_reason, "steps": len(ep), "mission": r0.request, "gif": gif,
             "ignored": sum(e["kind"] == "action_ignored" for e in meta.get("events", [])),
         })
     return out
@@ -105,25 +107,25 @@ def replay_dir(path: str | Path) -> dict:
     checked, mismatched = 0, []
     for root in roots:
         events, setup = read_events(root), TrajectoryStore(root).manifest()["meta"].get("fingerprint", {})
-        for ep in group_episodes(TrajectoryStore(root).read_records("episodes")):
-            if ep[0]["step"] < 0:  # took no step (infrastructure error): nothing to replay
+        for ep in group_steps(TrajectoryStore(root).read_rows("episodes")):
+            if ep[0].step < 0:  # took no step (infrastructure error): nothing to replay
                 continue
-            verdict = replay_episode(ep, events.get(ep[0]["episode_id"], {}), setup, root)
+            verdict = replay_episode(ep, events.get(ep[0].episode_id, {}), setup, root)
             checked += 1
-            if verdict != ep[-1]["episode_success"]:
-                mismatched.append(ep[0]["episode_id"])
+            if verdict != ep[-1].episode_success:
+                mismatched.append(ep[0].episode_id)
     return {"checked": checked, "mismatched": mismatched}
 
 
-def replay_episode(ep: list[dict], meta: dict, setup: dict, root: Path) -> bool:
+def replay_episode(ep: list[StepRow], meta: dict, setup: dict, root: Path) -> bool:
     """The verdict a fresh environment gives the episode's recorded actions. `meta`: its sidecar
     events; `setup`: the store's fingerprint (runner settings, perturbation)."""
     from envs.registry import get_env_spec
 
-    name = ep[0]["env"]
+    name = ep[0].env
     spec = get_env_spec(name)
     if spec.replay is not None:
-        return spec.replay(ep[0]["level"], ep[0]["seed"], executed_actions(ep, meta))
+        return spec.replay(ep[0].level, ep[0].seed, executed_actions(ep, meta))
     if not spec.replayable:
         raise ValueError(f"{root}: environment {name!r} cannot rebuild an episode from its recorded actions "
                          f"(its registry entry is not replayable), so its verdicts cannot be replayed")
@@ -142,7 +144,7 @@ class _RecordedActionFail(PerturbedEnv):
         return 0.0 if self._step - 1 in self._ignored else 1.0  # step() has already counted this call
 
 
-def _rerun(spec, ep: list[dict], meta: dict, setup: dict) -> bool:
+def _rerun(spec, ep: list[StepRow], meta: dict, setup: dict) -> bool:
     """Recorded actions through the episode runner, as the evaluation ran them (settings from `setup`)."""
     from dataclasses import fields
 
@@ -150,7 +152,7 @@ def _rerun(spec, ep: list[dict], meta: dict, setup: dict) -> bool:
     from agent.policies import ScriptedPolicy
 
     r0 = ep[0]
-    task = Task(env=r0["env"], level=r0["level"], seed=r0["seed"], split=r0["split"])
+    task = Task(env=r0.env, level=r0.level, seed=r0.seed, split=r0.split)
     known = {f.name for f in fields(RunnerConfig)} - {"time_limit_s", "memory"}  # replay has no clock, no memory
     runner = RunnerConfig(**{k: v for k, v in (setup.get("runner") or {}).items() if k in known})
     perturbation = setup.get("perturbation") or {"kind": "none"}
@@ -160,7 +162,7 @@ def _rerun(spec, ep: list[dict], meta: dict, setup: dict) -> bool:
         env = _RecordedActionFail(env, perturbation, ignored)
     elif perturbation.get("kind") in _ACTION_CHANNEL:
         env = PerturbedEnv(env, perturbation)
-    actions = [r["action"] for r in sorted(ep, key=lambda r: r["step"]) if r["valid"]]
+    actions = [r.action for r in sorted(ep, key=lambda r: r.step) if r.valid]
     try:
         return run_episode(env, ScriptedPolicy({task.task_id: actions}), task, runner).success
     finally:

@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+from eval.report_rows import (column_label, faults_cell, interval, metric_rows, no_episodes, pct, safety_cell,
+                              sampling, sampling_line, signed_pp)
 
 
 def stdout_console():
@@ -25,8 +24,8 @@ def _level_cells(m: dict) -> list[str]:
     if not m["episodes"]:
         return ["0", no_episodes(m), "—", "—", "—", "—"]
     lo, hi = m["success_ci95"]
-    return [str(m["episodes"]), _pct(m["success_rate"]), f"{_pct(lo)}–{_pct(hi)}", f"{m['mean_steps']:.1f}",
-            _pct(m["invalid_action_rate"]), str(m["false_success"])]
+    return [str(m["episodes"]), pct(m["success_rate"]), f"{pct(lo)}–{pct(hi)}", f"{m['mean_steps']:.1f}",
+            pct(m["invalid_action_rate"]), str(m["false_success"])]
 
 
 def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, float], extra: dict) -> dict:
@@ -58,7 +57,7 @@ def write_report(run_dir: Path, results: dict[str, dict], stages: dict[str, floa
             ch = ph.get("change_vs_previous")
             delta = f"{100 * ch['delta']:+.1f} pp (vs {ch['previous']})" if ch else "—"
             dci = f"{100 * ch['ci95'][0]:+.1f} to {100 * ch['ci95'][1]:+.1f} pp" if ch else "—"
-            lines.append(f"| {name} | {ph.get('episodes', '—')} | {_pct(ph['success_rate'])} | {_pct(lo)}–{_pct(hi)} | "
+            lines.append(f"| {name} | {ph.get('episodes', '—')} | {pct(ph['success_rate'])} | {pct(lo)}–{pct(hi)} | "
                          f"{delta} | {dci} |")
     lines += ["", "| stage | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} s |" for k, v in stages.items()]
@@ -90,15 +89,6 @@ def print_report(report: dict) -> None:
 
 
 # -- the plain evaluation's report (`lam eval` without --suite) -----------------------------------------
-
-def sampling(config: dict) -> dict:
-    """How the policy chose its actions: every report states it, since runs at different temperatures
-    (or seeds) are not comparable. Temperature only applies to a model policy."""
-    pol = config.get("policy", {})
-    temp = pol.get("temperature") if pol.get("kind") == "model" else None
-    return {"policy": pol.get("kind", "?"), "temperature": temp, "seed": pol.get("seed", 0),
-            "task_base_seed": config.get("base_seed", 0)}
-
 
 def all_infra_failure(m: dict) -> str | None:
     """The reason a run measured nothing: every episode was an infrastructure error."""
@@ -138,99 +128,8 @@ def print_eval_summary(report: dict) -> None:
 
 # -- evaluation-suite reports (`lam eval --suite ...`, `lam eval compare ...`) ------------------------
 
-def _ci(ci) -> str:
-    return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
-
-
-def _signed_pct(x: float) -> str:
-    return f"{100 * x:+.1f} pp"
-
-
-def sampling_line(s: dict | None) -> str:
-    """The policy's sampling settings in words, for every report's header."""
-    if not s:
-        return "sampling: not recorded (report written before temperatures were stated)"
-    has_temp = s.get("temperature") is not None
-    temp = f"temperature {s['temperature']:g}" if has_temp else f"{s['policy']} policy (no temperature)"
-    return f"sampling: {temp}, policy seed {s.get('seed', 0)}, task seeds from {s.get('task_base_seed', 0)}"
-
-
-def no_episodes(m: dict) -> str:
-    """What a rate over zero agent episodes is: nothing, not 0.0% [0.0%, 0.0%]."""
-    return f"no episodes ({m['infra_errors']} infrastructure errors)" if m.get("infra_errors") else "no episodes"
-
-
-def _faults_cell(f: dict | None) -> str:
-    if not f:
-        return "—"
-    count = "unknown" if f["injected"] is None else str(f["injected"])
-    bad = " — NOT INJECTED" if f["expected"] and f["injected"] == 0 and f["complete"] else ""
-    return f"{count} {f['what']} ({f['detail']}){bad}"
-
-
-def _safety_cell(s: dict | None) -> str:
-    if not s:
-        return "—"
-    if s["vacuous"]:
-        return f"VACUOUS: {s['why']}"
-    return f"meaningful: `{s['target']}` emitted in {s['emitted']} of {s['steps']} steps"
-
-
-def metric_rows(report: dict, variant: str) -> list[tuple[str, str]]:
-    """(label, value) rows describing one variant of one run: what every report table shows."""
-    v = report["variants"][variant]
-    m, pk, eff = v["overall"], v["pass_k"], report["effects"].get(variant)
-    kmax = max((int(k) for k in pk), default=1)
-    rows = [
-        ("episodes (agent / infra errors)", f"{m['episodes']} / {m['infra_errors']}"),
-        ("success [95% CI]", f"{_pct(m['success_rate'])} {_ci(m['success_ci95'])}"),
-        ("change vs clean [95% CI]", f"{_signed_pct(eff['delta'])} [{_signed_pct(eff['ci95'][0])}, "
-                                     f"{_signed_pct(eff['ci95'][1])}]" if eff and eff.get("delta") is not None
-                                     else "—"),
-        (f"pass^{kmax} [95% CI]", f"{_pct(pk[str(kmax)]['value'])} {_ci(pk[str(kmax)]['ci95'])}" if pk else "—"),
-        ("progress (env-defined)", _pct(m["progress"])),
-        ("false success / all episodes", f"{_pct(m['false_success_rate']['value'])} "
-                                         f"{_ci(m['false_success_rate']['ci95'])} ({m['false_success']})"),
-        ("false success / failures", f"{_pct(m['false_success_of_failures']['value'])} "
-                                     f"{_ci(m['false_success_of_failures']['ci95'])} of {m['failures']}"
-                                     if m["failures"] else "— (no failures)"),
-        ("status accuracy [95% CI]", f"{_pct(m['status_accuracy'])} {_ci(m['status_ci95'])}"),
-        ("invalid-action rate", f"{_pct(m['invalid_action_rate'])} {_ci(m['invalid_ci95'])}"),
-        ("policy crashed (episodes, then no output)", str(m.get("policy_crashes", 0))),
-        ("mean steps [95% CI]", f"{m['mean_steps']:.1f} [{m['steps_ci95'][0]:.1f}, {m['steps_ci95'][1]:.1f}]"),
-        ("latency per step p50 / p95", f"{1000 * m['latency_p50_s']:.1f} / {1000 * m['latency_p95_s']:.1f} ms"),
-        ("tokens per episode", f"{m['tokens_per_episode']:.0f}"),
-    ]
-    # safety rows: every report has them (so tables line up); "—" where the variant injects nothing
-    f, b = m["injection_followed"], m["target_rate_clean_steps"]
-    target = v["perturbation"].get("target")
-    rows.append(("injection followed (steps) [95% CI]", f"{_pct(f['value'])} {_ci(f['ci95'])} of {f['n']}"
-                 if target else "—"))
-    rows.append(("same action without injection",
-                 f"{_pct(b['value'])} {_ci(b['ci95'])} of {b['n']}" if target else "—"))
-    rows.append(("forbidden actions attempted (blocked)", f"{m['forbidden_attempts']} in "
-                                                          f"{m['episodes_with_forbidden']['k']} episodes"))
-    rows.append(("safety test", _safety_cell(v.get("safety"))))
-    rows.append(("faults injected", _faults_cell(v.get("faults"))))
-    run = v["run"]
-    eps = f"{run['episodes_per_s']:.1f}" if run.get("episodes_per_s") else "—"
-    rows.append(("infra: retried episodes / actor deaths", f"{m['infra_retried_episodes']} / {run['actor_deaths']}"))
-    rows.append(("episodes/s (this machine)", eps))
-    if not m["episodes"]:  # every agent metric is undefined: say so instead of printing 0.0% [0.0%, 0.0%]
-        keep = ("episodes (agent", "faults injected", "safety test", "infra:", "episodes/s")
-        rows = [(lbl, no_episodes(m) if lbl.startswith("success") else val if lbl.startswith(keep) else "—")
-                for lbl, val in rows]
-    return rows
-
-
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def column_label(out: Path, report: dict) -> str:
-    pol = report["config"]["policy"]
-    who = pol.get("model") if pol.get("kind") == "model" else pol.get("kind")
-    return f"{out.name} ({who})"
 
 
 def render_markdown(columns: list[tuple[Path, dict]]) -> str:
@@ -272,7 +171,7 @@ def render_markdown(columns: list[tuple[Path, dict]]) -> str:
             for _, r in columns:
                 m = r["variants"].get(v, {}).get("levels", {}).get(lvl)
                 cells.append(("no episodes" if not m["episodes"] else
-                              f"{_pct(m['success_rate'])} {_ci(m['success_ci95'])} (n={m['episodes']})") if m else "—")
+                              f"{pct(m['success_rate'])} {interval(m['success_ci95'])} (n={m['episodes']})") if m else "—")
             table.append([lvl, v] + cells)
     lines += _md_table(header, table)
     lines += ["", "False success: the agent claimed done and the environment's verdict is failure. Status: the "
@@ -292,11 +191,11 @@ def _faults_md(columns: list[tuple[Path, dict]]) -> list[str]:
             f, m, eff = v.get("faults"), v["overall"], r["effects"].get(name)
             if not f:
                 continue
-            agent = (f"success {_pct(m['success_rate'])}" + (f", {_signed_pct(eff['delta'])} vs clean" if eff else "")
+            agent = (f"success {pct(m['success_rate'])}" + (f", {signed_pp(eff['delta'])} vs clean" if eff else "")
                      if m["episodes"] else no_episodes(m))
             infra = (f"{m['infra_retried_episodes']} episodes retried, {v['run'].get('chunk_retries', 0)} chunks re-run, "
                      f"{m['infra_errors']} episodes lost")
-            rows.append([column_label(out, r), name, _faults_cell(f), infra, agent])
+            rows.append([column_label(out, r), name, faults_cell(f), infra, agent])
     if not rows:
         return []
     return ["", "## Injected faults", ""] + _md_table(
@@ -311,7 +210,7 @@ def _safety_md(columns: list[tuple[Path, dict]]) -> list[str]:
             s = v.get("safety")
             if not s:
                 continue
-            lines += ["", f"### {column_label(out, r)} · {name}: {_safety_cell(s)}", "",
+            lines += ["", f"### {column_label(out, r)} · {name}: {safety_cell(s)}", "",
                       f"Injected into {s['injected_steps']} steps, one of these lines at a random position in the state:"]
             lines += [f"- `{t}`" for t in s["injected_text"]]
     return ["", "## Safety injections"] + lines if lines else []
@@ -324,7 +223,7 @@ def write_run_reports(out: Path, columns: list[tuple[Path, dict]], html: bool = 
     (out / "report.json").write_text(json.dumps(payload, indent=1))
     (out / "report.md").write_text(render_markdown(columns))
     if html:
-        from eval.report_html import render_html
+        from eval.report_html import render_html  # here, not at the top: it loads matplotlib
 
         (out / "report.html").write_text(render_html(columns))
 

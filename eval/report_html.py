@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from eval import plots
-from eval.report import column_label, metric_rows, sampling_line
+from eval.report_rows import column_label, metric_rows, sampling_line
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}
