@@ -39,16 +39,28 @@ class ActionLoss(nn.Module):
     """Wraps a causal LM: the LM head runs only at positions that predict action tokens.
 
     With most tokens being state, this skips ~90% of the head's work; the wrapped model is what
-    DeepSpeed shards, and `.lm` is what gets exported."""
+    DeepSpeed shards, and `.lm` is what gets exported.
 
-    def __init__(self, lm: nn.Module) -> None:
+    context_weight > 0 (training only) adds the language-model loss of every other token of the
+    conversation (requests, tool results, schemas) at that weight: a model trained from scratch then
+    also learns from the text it must copy values out of (a name in the request, an id in a result),
+    which the action tokens alone teach too slowly. The loss reported in eval mode is always the
+    action-token loss, so runs with and without it compare."""
+
+    def __init__(self, lm: nn.Module, context_weight: float = 0.0) -> None:
         super().__init__()
-        self.lm = lm
+        self.lm, self.context_weight = lm, context_weight
 
     def forward(self, input_ids, attention_mask, labels):
         hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         target = labels[:, 1:]
         keep = target != -100
+        if self.training and self.context_weight > 0:
+            real = attention_mask[:, 1:].bool()
+            logits = self.lm.lm_head(hidden[:, :-1][real])
+            ce = nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][real], reduction="none")
+            weight = torch.where(keep[real], 1.0, self.context_weight)
+            return (ce * weight).sum() / weight.sum(), int(keep.sum())
         logits = self.lm.lm_head(hidden[:, :-1][keep])
         loss = nn.functional.cross_entropy(logits.float(), target[keep])
         return loss, int(keep.sum())

@@ -40,6 +40,9 @@ class TrainConfig(BaseModel):
     # tokens (including padding) per micro-batch; batches hold samples of similar length
     tokens_per_batch: int = 4096
     epochs: float = 2.0
+    # weight of the language-model loss on the conversation's other tokens (requests, results), next to
+    # the action tokens' weight 1 (training/model.py ActionLoss); 0 = actions only
+    context_loss_weight: float = Field(0.0, ge=0.0, le=1.0)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -189,7 +192,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     eval_samples, train_samples = samples[:split], samples[split:]
     lm = build_model(cfg.model, vocab_size=len(tokenizer), max_positions=cfg.max_seq_len, seed=cfg.seed)
     peft_model = lora.wrap(lm, cfg.lora) if cfg.lora else None  # adapters go into `lm`, base weights freeze
-    model = ActionLoss(lm)
+    model = ActionLoss(lm, context_weight=cfg.context_loss_weight)
 
     batches_per_epoch = len(make_batches(train_samples, cfg.tokens_per_batch, cfg.seed, 0)) // world
     total_steps = max(1, int(batches_per_epoch * cfg.epochs) // cfg.grad_accum)
