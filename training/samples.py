@@ -116,11 +116,30 @@ def tokenizer_texts(convs: list[Conversation]) -> list[str]:
     return texts
 
 
-def build_samples(convs: list[Conversation], encoder: ChatEncoder, max_len: int, report: dict | None = None) -> list[Sample]:
+def _encode_chunk(job: tuple[ChatEncoder, list[Conversation]]) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
+    encoder, convs = job
+    return [encoder.encode(c) for c in convs]
+
+
+def _encoded(convs: list[Conversation], encoder: ChatEncoder, workers: int):
+    """encoder.encode over every conversation; rendering through the chat template costs ~5 ms a message,
+    so a large dataset is split over `workers` processes (spawned: the trainer may hold threads and Ray)."""
+    if workers <= 1 or len(convs) < 2000:
+        return map(encoder.encode, convs)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    size = -(-len(convs) // (4 * workers))
+    jobs = [(encoder, convs[i : i + size]) for i in range(0, len(convs), size)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return [e for chunk in pool.map(_encode_chunk, jobs) for e in chunk]
+
+
+def build_samples(convs: list[Conversation], encoder: ChatEncoder, max_len: int, report: dict | None = None,
+                  workers: int = 1) -> list[Sample]:
     """Token samples; `report` (if given) gets the counts of actions and samples dropped for length."""
     samples, dropped_actions, dropped_samples = [], 0, 0
-    for c in convs:
-        ids, labels, spans = encoder.encode(c)
+    for c, (ids, labels, spans) in zip(convs, _encoded(convs, encoder, workers)):
         if len(ids) > max_len:  # cut after the last whole action that fits; never inside one
             fit = [end for _, end in spans if end <= max_len]
             dropped_actions += len(spans) - len(fit)

@@ -96,13 +96,14 @@ class ChatEncoder:
     template (the project's, or a Hugging Face model's via `apply_chat_template(..., tools=...)`): no
     special token is ever looked up by name, so none can silently become <unk>."""
 
-    def __init__(self, tokenizer, name: str = "the tokenizer") -> None:
+    def __init__(self, tokenizer, name: str = "the tokenizer", verify_every: int = 64) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise SampleError(f"{name} has no chat template: training renders every sample through the model's "
                               "own template (add a chat_template to its tokenizer_config.json)")
         self.tok, self.name = tokenizer, name
         self.unk_id = tokenizer.unk_token_id
         self._tools_ok: bool | None = None
+        self.verify_every, self._seen = verify_every, 0
 
     def _check_tools(self, where: str) -> None:
         from serving.chat_format import template_supports_tools
@@ -117,7 +118,11 @@ class ChatEncoder:
     def encode(self, conv) -> tuple[list[int], list[int], list[tuple[int, int]]]:
         """Token ids, labels (-100 except on the learned assistant messages) and their (start, end) spans.
         Span of message a = tokens of render(messages[:a+1]) past render(messages[:a], generation prompt):
-        both must be prefixes, token for token, of the whole conversation's tokens."""
+        both must be prefixes, token for token, of the whole conversation's tokens.
+
+        The whole conversation is tokenized once; each prefix must be a prefix of its text and end on one
+        of its token boundaries (offsets). Every `verify_every`-th conversation (the first included) is
+        also checked the slow way, each prefix tokenized on its own, which is what the server does."""
         from serving.chat_format import encode_text, render_chat_text, template_inputs
 
         where = conv.source or "a conversation"
@@ -133,16 +138,25 @@ class ChatEncoder:
             raise
         except Exception as e:  # the template refuses a message (jinja raise_exception, bad role order)
             raise SampleError(f"{where}: the chat template of {self.name} cannot render it: {e}") from e
-        encoded = encode_text(self.tok, texts)
-        ids, labels, spans = encoded[0], [-100] * len(encoded[0]), []
+        full = self.tok(texts[0], add_special_tokens=False, return_offsets_mapping=True)
+        ids, ends = full["input_ids"], {end: i + 1 for i, (_, end) in enumerate(full["offset_mapping"])}
+        ends[0] = 0
+        self._seen += 1
+        exact = encode_text(self.tok, texts[1:]) if len(texts) > 1 and (self._seen - 1) % self.verify_every == 0 else None
+        labels, spans = [-100] * len(ids), []
         for k, a in enumerate(conv.labeled):
-            before, after = encoded[1 + 2 * k], encoded[2 + 2 * k]
-            if after[: len(before)] != before or ids[: len(after)] != after or len(after) == len(before):
+            before, after = texts[1 + 2 * k], texts[2 + 2 * k]
+            start, end = ends.get(len(before)), ends.get(len(after))
+            stable = (texts[0].startswith(after) and after.startswith(before) and start is not None
+                      and end is not None and end > start)
+            if stable and exact is not None:
+                stable = exact[2 * k] == ids[:start] and exact[2 * k + 1] == ids[:end]
+            if not stable:
                 raise SampleError(f"{where}: the chat template of {self.name} is not prefix-stable at message {a} "
                                   "(the prompt for that step is not, token for token, the start of the conversation "
                                   "that continues it), so training and serving would see different tokens")
-            labels[len(before) : len(after)] = after[len(before) :]
-            spans.append((len(before), len(after)))
+            labels[start:end] = ids[start:end]
+            spans.append((start, end))
         if self.unk_id is not None and self.unk_id in ids:
             raise SampleError(f"{where}: {self.name} encodes part of it as its unknown token "
                               f"{self.tok.unk_token!r}; it cannot represent this conversation")

@@ -311,7 +311,7 @@ def _samples(convs, encoder, cfg: TrainConfig, report: dict) -> list:
     from training.samples import build_samples
     from training.tokenizer import SampleError
 
-    samples = build_samples(convs, encoder, cfg.max_seq_len, report)
+    samples = build_samples(convs, encoder, cfg.max_seq_len, report, workers=cfg.threads or os.cpu_count() or 1)
     if not samples:
         raise SampleError(f"every sample is longer than max_seq_len={cfg.max_seq_len} before its first action ends "
                           f"({report['samples_dropped_too_long']} dropped); raise max_seq_len")

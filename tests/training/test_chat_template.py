@@ -277,3 +277,17 @@ def test_the_words_tokenizer_spells_a_value_the_same_in_the_request_the_result_a
     assert n2 == n and ok2 < n * 0.8, (ok2, n)
     with pytest.raises(ValueError, match="unknown tokenizer style 'chars'"):
         train_tokenizer(texts, vocab_size=600, style="chars")
+
+
+# issue 16 item 2
+def test_a_template_that_is_not_prefix_stable_is_refused_even_when_not_spot_checked(episodes):
+    """Spans come from one tokenization of the whole conversation; every conversation, spot-checked or not,
+    is refused when a step's prompt is not the start of the conversation that continues it."""
+    tok = train_tokenizer(_texts(episodes), vocab_size=400)
+    convs = episode_conversations(episodes["babyai"])
+    enc = ChatEncoder(tok, verify_every=1000)
+    enc.encode(convs[0])  # the spot-checked one: fine with the project template
+    tok.chat_template = tok.chat_template.replace("{% if add_generation_prompt %}<|assistant|>",
+                                                  "{% if add_generation_prompt %}<|assistant|> ")
+    with pytest.raises(SampleError, match="not prefix-stable at message"):
+        enc.encode(convs[1])  # not spot-checked: the offsets check alone refuses it
