@@ -2,7 +2,7 @@
 
     python -c "from serving.sequences import Row; help(Row.accept)"
 
-A request with n choices is n rows. The worker (serving/embedded.py) samples one token per row per forward
+A request with n choices is n rows. The worker (serving/replica.py) samples one token per row per forward
 pass with `sample`, hands it to `Row.accept`, and retires rows whose `finish` is set.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Row:
         self.emitted = 0  # chars of `text` already sent to on_event
         self.pos = len(req.prompt_ids)  # position id of the next token fed to the model
         self.finish: str | None = None
-        self.reported = False  # result copied into the request (a row may linger, see EmbeddedBackend._retire)
+        self.reported = False  # result copied into the request (a row may linger, see RunningBatch.retire)
         self.grammar = req.params.grammar  # state of the shape the output must keep (serving/grammar.py)
         self.grammar_text = ""  # decode(out_ids), kept by `sample` for constrained rows
 

@@ -63,7 +63,7 @@ def packed_backend(tiny_model_dir):
 def replicated_backend(tiny_model_dir):
     """Two packed batches side by side, one worker thread each, sharing the queue and the prefix cache."""
     b = _backend(tiny_model_dir, "off", "auto", replicas=2)
-    assert b.replicas == 2 and b.packed and len(b._replicas) == 2 and b.max_batch_size == 16
+    assert b.replicas == 2 and b.packed and len(b.workers) == 2 and b.max_batch_size == 16
     yield b
     b.close()
 

@@ -83,6 +83,6 @@ if __name__ == "__main__":
 
 
 def patch_replicas(monkeypatch, backend, name: str, value) -> None:
-    """monkeypatch.setattr on every replica of an EmbeddedBackend (each runs a worker thread of its own)."""
-    for replica in getattr(backend, "_replicas", [backend]):
-        monkeypatch.setattr(replica, name, value)
+    """monkeypatch.setattr on an EmbeddedBackend: every replica worker calls the engine's own model methods and
+    reads its eos ids (serving/replica.py), so one patch reaches them all."""
+    monkeypatch.setattr(backend, name, value)

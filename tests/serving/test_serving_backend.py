@@ -12,7 +12,8 @@ import torch
 from serving_tiny_model import chat_prompt, patch_replicas
 
 from serving.embedded import (BackendClosedError, EmbeddedBackend, PromptValidationError, QueueFullError,
-                              SamplingParams, usable_cpus)
+                              SamplingParams)
+from serving.engine_options import usable_cpus
 
 GREEDY = dict(temperature=0.0)
 
@@ -245,9 +246,9 @@ def test_prefill_thread_respects_the_batch_limit_and_frees_every_row(tiny_model_
         assert [len(r.choices) for r in results] == [1 + i % 2 for i in range(10) if i != 3]
         assert 1 < b.max_batch_seen <= 4
         deadline = time.monotonic() + 10
-        while (b._slots or b.active_rows) and time.monotonic() < deadline:
+        while (b.workers[0].slots or b.active_rows) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert b._slots == 0 and b.active_rows == 0 and b.queue_depth == 0
+        assert b.workers[0].slots == 0 and b.active_rows == 0 and b.queue_depth == 0
     finally:
         b.close()
 
@@ -259,7 +260,7 @@ def test_prefill_thread_mode_is_checked(tiny_model_dir):
         EmbeddedBackend(tiny_model_dir, max_batch_size=1, num_threads=1, prefill_thread="on")
     b = EmbeddedBackend(tiny_model_dir, max_batch_size=1, num_threads=1)  # auto: nothing to overlap with
     try:
-        assert b.prefill_thread is False and len(b._threads) == 1
+        assert b.prefill_thread is False and len(b.workers[0].threads) == 1
     finally:
         b.close()
     threads = torch.get_num_threads()
@@ -267,7 +268,7 @@ def test_prefill_thread_mode_is_checked(tiny_model_dir):
         for num_threads, expected in ((1, usable_cpus() > 1), (2, False)):  # auto pairs single-threaded workers
             b = EmbeddedBackend(tiny_model_dir, max_batch_size=4, num_threads=num_threads)
             b.close()
-            assert b.prefill_thread is expected and len(b._threads) == 1 + expected, num_threads
+            assert b.prefill_thread is expected and len(b.workers[0].threads) == 1 + expected, num_threads
     finally:
         torch.set_num_threads(threads)
 
@@ -278,10 +279,10 @@ def test_close_with_requests_in_the_prefill_thread_fails_them_all(tiny_model_dir
     monkeypatch.setattr(b, "_forward", lambda *a: (time.sleep(0.05), forward(*a))[1])  # slow enough to catch
     handles = [b.submit(p, SamplingParams(max_tokens=200, **GREEDY)) for p in _prompts(b, 12)]  # 4 stay queued
     deadline = time.monotonic() + 10
-    while not (b._prefilling or b.active_rows) and time.monotonic() < deadline:
+    while not (b.workers[0].prefilling or b.active_rows) and time.monotonic() < deadline:
         time.sleep(0.005)
     b.close(timeout=10)
-    assert not any(t.is_alive() for t in b._threads)
+    assert not any(t.is_alive() for t in b.workers[0].threads)
     for h in handles:  # every request is answered: none is left waiting on a thread that is gone
         with pytest.raises(Exception) as e:
             h.future.result(5)
@@ -342,7 +343,7 @@ def test_replicas_decode_side_by_side_and_share_the_queue(tiny_model_dir, monkey
     b = EmbeddedBackend(tiny_model_dir, max_batch_size=8, num_threads=1, replicas=2)
     try:
         assert b.replicas == 2 and b.max_batch_size == 4 and not b.prefill_thread
-        assert [t.name for r in b._replicas for t in r._threads] == ["lam-embedded-worker", "lam-embedded-worker-1"]
+        assert [t.name for r in b.workers for t in r.threads] == ["lam-embedded-worker", "lam-embedded-worker-1"]
         prompts = _prompts(b, 8)
         solo = _solo(b, prompts, 30)
         seen, packed = [], b._packed_forward
@@ -364,7 +365,7 @@ def test_replicas_decode_side_by_side_and_share_the_queue(tiny_model_dir, monkey
         deadline = time.monotonic() + 10
         while b.active_rows < 8 and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert all(len(r._rows) == 4 for r in b._replicas)
+        assert all(len(r.batch.rows) == 4 for r in b.workers)
     finally:
         b.close()
     for h in handles:
@@ -384,7 +385,7 @@ def test_replicas_setting_is_checked(tiny_model_dir):
         for num_threads, batch, expected in ((1, 32, min(usable_cpus(), 2)), (1, 8, 1), (2, 32, 1)):
             b = EmbeddedBackend(tiny_model_dir, max_batch_size=batch, num_threads=num_threads)
             b.close()
-            assert b.replicas == expected == len(b._replicas), (num_threads, batch)
+            assert b.replicas == expected == len(b.workers), (num_threads, batch)
             assert b.max_batch_size == batch // expected
     finally:
         torch.set_num_threads(threads)
