@@ -9,16 +9,20 @@ import os
 from pathlib import Path
 
 
+def _write_bytes(path: Path, data: bytes, fsync: bool) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def write_atomic(path: str | Path, data: bytes | str, fsync: bool = False) -> None:
     """`fsync`: also survive a power cut (the dataset's shards and manifest), at a few ms per file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        _write_bytes(tmp, data.encode() if isinstance(data, str) else data, fsync)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
