@@ -197,17 +197,20 @@ def parse_keys(values: list[str]) -> dict[str, int]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    p = argparse.ArgumentParser(prog="lam agent serve", description="the agent API (sessions over the episode runner)")
+def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The server's flags; `lam agent serve` and `python -m agent.api` share them."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--db", default="runs/agent/sessions.db", help="SQLite file; sessions survive restarts")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY[:MAX_LIVE]",
-                   help="require this key (repeatable); MAX_LIVE caps its live sessions (default 8)")
+                   help="require this key (repeatable); MAX_LIVE caps its live sessions (also LAM_AGENT_API_KEYS)")
     p.add_argument("--max-live", type=int, default=64, help="live sessions in total")
-    a = p.parse_args(argv)
+    return p
+
+
+def serve(a: argparse.Namespace) -> None:
+    import uvicorn
+
     env_keys = [k for k in os.environ.get("LAM_AGENT_API_KEYS", "").split(",") if k]
     keys = parse_keys(a.api_key + env_keys)
     if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
@@ -216,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"agent API on http://{a.host}:{a.port}/v1/sessions (db {a.db}, "
           f"{app.state.manager.recovered} interrupted sessions recovered)", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="lam agent serve", description="the agent API (sessions over the episode runner)")
+    serve(add_args(p).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,13 @@ class RunnerConfig:
     confirm: str = "approve"  # what 'confirm' actions get without a person: "approve" | "deny"
 
 
+def episode_id(task: Task, prefix: str = "", trial: int | None = None) -> str:
+    """The one episode id format: LEVEL-SEED as datasets store it (`lam data show --episode`); evaluation
+    puts its run name in front and the trial behind: NAME-LEVEL-SEED-tK. Sessions use their own id."""
+    eid = f"{prefix}-{task.level}-{task.seed}" if prefix else f"{task.level}-{task.seed}"
+    return eid if trial is None else f"{eid}-t{trial}"
+
+
 @dataclass
 class StepLog:
     step: int

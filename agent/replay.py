@@ -112,18 +112,25 @@ def audit(env, tasks: list[Task], cfg: RunnerConfig, kinds=PERTURBATIONS, seed: 
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The audit's flags; `lam agent audit` and `python -m agent.replay` share them."""
+    p.add_argument("--env", default="bfcl")
+    p.add_argument("--levels", default=None, help="comma-separated; default: every level of the env")
+    p.add_argument("--limit", type=int, default=20, help="tasks per level")
+    p.add_argument("--max-steps", type=int, default=64)
+    return p
+
+
+def audit_from_args(a: argparse.Namespace) -> None:
     from envs.registry import get_env_spec, make_env
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="bfcl")
-    p.add_argument("--levels", default=None, help="comma-separated; default: all of the env's levels")
-    p.add_argument("--limit", type=int, default=20, help="tasks per level (entries 0..limit-1)")
-    p.add_argument("--max-steps", type=int, default=64)
-    a = p.parse_args(argv)
     levels = a.levels.split(",") if a.levels else list(get_env_spec(a.env).levels)
     tasks = [Task(a.env, lv, i, "all") for lv in levels for i in range(a.limit)]
     print(json.dumps(audit(make_env(a.env), tasks, RunnerConfig(max_steps=a.max_steps)), indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    audit_from_args(add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv))
 
 
 if __name__ == "__main__":

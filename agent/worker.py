@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent.episode import Episode, RunnerConfig, run_episode
+from agent.episode import Episode, RunnerConfig, episode_id, run_episode
 from agent.memory import EpisodicStore, Memory, MemoryConfig
 from agent.policies import ExpertPolicy, ModelPolicy, PrefixExpertPolicy, RandomPolicy
 from envs.base import Task
@@ -61,7 +61,7 @@ class AgentWorker:
     def run(self, tasks: list[Task], id_prefix: str) -> list[Episode]:
         """Episode ids are deterministic in (prefix, level, seed): a re-run replaces, never duplicates."""
         return [
-            run_episode(self.env, self.policy, t, self.runner, episode_id=f"{id_prefix}-{t.level}-{t.seed}",
+            run_episode(self.env, self.policy, t, self.runner, episode_id=episode_id(t, id_prefix),
                         memory=self._memory())
             for t in tasks
         ]

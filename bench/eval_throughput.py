@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 
 def plain_loop(env_name: str, tasks, policy_spec: dict, runner: dict, out: Path, chunk: int) -> dict:
-    from agent.episode import RunnerConfig, run_episode
+    from agent.episode import RunnerConfig, episode_id, run_episode
     from agent.worker import build_policy
     from data_collection.schema import episode_to_records
     from data_collection.store import TrajectoryStore
@@ -37,7 +37,7 @@ def plain_loop(env_name: str, tasks, policy_spec: dict, runner: dict, out: Path,
     t0 = time.perf_counter()
     ok, rows = 0, []
     for i, t in enumerate(tasks):
-        ep = run_episode(env, policy, t, cfg, episode_id=f"plain-{t.level}-{t.seed}-t0")
+        ep = run_episode(env, policy, t, cfg, episode_id=episode_id(t, "plain", 0))
         ok += ep.success
         rows += episode_to_records(ep)
         if (i + 1) % chunk == 0 or i + 1 == len(tasks):

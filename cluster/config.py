@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from data_collection.collect_config import CollectConfig, known_env
+from data_collection.overrides import apply_overrides
 from training.dpo import DPOConfig
 from training.train import TrainConfig
 
@@ -20,36 +22,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-def _known_env(v: str) -> str:
-    from envs.registry import list_envs
-
-    if v not in list_envs():
-        raise ValueError(f"unknown env {v!r}; known: {', '.join(list_envs())}")
-    return v
-
-
 class RayConfig(_Strict):
     # Ray address to join ("auto", "ray://host:10001"); null starts a private local cluster on 127.0.0.1
     address: str | None = None
     num_cpus: int | None = None
 
 
-class CollectSection(_Strict):
-    env: str = "babyai"
-    # levels of the environment to collect on; train-split seeds only
-    levels: list[str] = ["BabyAI-GoToLocal-v0"]
-    episodes: int = Field(5000, gt=0)
-    workers: int = Field(2, gt=0)
-    shard_episodes: int = Field(500, gt=0)
-    max_steps: int = Field(64, gt=0)
-    # per-episode wall-clock limit: the bot loops forever on some seeds of some levels
-    time_limit_s: float = 10.0
-    base_seed: int = 0
-
-    @field_validator("env")
-    @classmethod
-    def _env_known(cls, v: str) -> str:
-        return _known_env(v)
+# The pipeline's collection defaults where they differ from CollectConfig's (the Python API's): a larger
+# dataset in full shards, and limits that stop the BabyAI bot looping. Unchanged since the pipeline had
+# its own section class; `lam collect` keeps its flags' defaults (max_steps and time limit: the env's).
+PIPELINE_COLLECT = {"episodes": 5000, "shard_episodes": 500, "max_steps": 64, "time_limit_s": 10.0}
+# (collect.out is not one: the pipeline collects into run_dir/data.) The keys of `collect:` before it was the collector's own config: the stage digest always covers them,
+# the collector's other keys (policy, variants, ...) only when set, so finished runs keep their digest
+PIPELINE_COLLECT_KEYS = ("env", "levels", "episodes", "workers", "shard_episodes", "max_steps", "time_limit_s",
+                         "base_seed")
 
 
 class ServeSection(_Strict):
@@ -76,7 +62,7 @@ class ExtraEval(_Strict):
     @field_validator("env")
     @classmethod
     def _env_known(cls, v: str) -> str:
-        return _known_env(v)
+        return known_env(v)
 
 
 class EvalSection(_Strict):
@@ -110,7 +96,7 @@ class PipelineConfig(_Strict):
     run_dir: str = "runs/quickstart"
     seed: int = 0
     ray: RayConfig = RayConfig()
-    collect: CollectSection = CollectSection()
+    collect: CollectConfig = CollectConfig(**PIPELINE_COLLECT)
     train: TrainConfig = TrainConfig()
     serve: ServeSection = ServeSection()
     eval: EvalSection = EvalSection()
@@ -118,6 +104,11 @@ class PipelineConfig(_Strict):
     phases: list[str] = ["imitation"]
     self_boost: SelfBoostSection = SelfBoostSection()
     dpo: DPOConfig = DPOConfig()
+
+    @field_validator("collect", mode="before")
+    @classmethod
+    def _collect_defaults(cls, v):
+        return {**PIPELINE_COLLECT, **v} if isinstance(v, dict) else v
 
     @field_validator("phases")
     @classmethod
@@ -164,15 +155,7 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for kv in overrides or []:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise ConfigError(f"override {kv!r} must look like section.key=value")
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+    apply_overrides(raw, overrides or [], form="section.key=value", error=ConfigError)
     try:
         cfg = PipelineConfig(**raw)
     except ValidationError as e:

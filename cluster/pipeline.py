@@ -21,7 +21,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cluster.config import ConfigError, PipelineConfig, ensure_writable
+from cluster.config import PIPELINE_COLLECT_KEYS, ConfigError, PipelineConfig, ensure_writable
+from data_collection.atomic_file import write_atomic
+from data_collection.collect_config import CollectConfig
 
 console = Console(stderr=True, soft_wrap=True)  # progress, never cut or wrapped; stdout is left to the report
 SERVED_NAME = "lam-action-model"
@@ -60,9 +62,7 @@ class _Stages:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**self.data, "_records": self.records}, indent=1))
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps({**self.data, "_records": self.records}, indent=1))
 
 
 def _stage(stages: _Stages, plan: dict, name: str, fn) -> dict:
@@ -116,7 +116,10 @@ def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
         plan[name] = {"inputs": flat, "after": after, "outputs": outputs,
                       "digest": hashlib.sha256(blob.encode()).hexdigest()[:16]}
 
-    add("collect", {"collect": c.model_dump(exclude=speed)}, [], ["data"])
+    base = CollectConfig()
+    collect_in = {k: v for k, v in c.model_dump(exclude=speed | {"out", "depth"}).items()
+                  if k in PIPELINE_COLLECT_KEYS or v != getattr(base, k)}
+    add("collect", {"collect": collect_in}, [], ["data"])
     add("train", {"train": cfg.train.model_dump(exclude=speed)}, ["collect"], ["train"])
     model = "train"
     for phase in cfg.phases:
@@ -226,7 +229,7 @@ def _model_policy(base_url: str, temperature: float, seed: int) -> dict:
 
 
 def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
-    from data_collection.collector import CollectConfig, collect
+    from data_collection.collector import collect
     from envs.registry import sample_tasks
     from eval.evaluator import evaluate
     from eval.metrics import effect
@@ -252,9 +255,7 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
     data_dir = run_dir / "data"
     c = cfg.collect
     info = _stage(stages, plan, "collect", lambda: collect(
-        CollectConfig(env=c.env, levels=c.levels, episodes=c.episodes, workers=c.workers, out=str(data_dir),
-                      shard_episodes=c.shard_episodes, max_steps=c.max_steps, time_limit_s=c.time_limit_s,
-                      base_seed=c.base_seed),
+        c.model_copy(update={"out": str(data_dir)}),
         resume=data_dir.exists(),
     ))
     wall["collect"] = info["wall_s"]

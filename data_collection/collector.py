@@ -35,42 +35,23 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from data_collection.collect_config import CollectConfig
 from data_collection.experts import check_model_endpoint, policy_model
 from data_collection.fleet import SERVER_DOWN_STREAK, Fleet
 from data_collection.schema import code_version
-from data_collection.store import TrajectoryStore
+from data_collection.store import LEVEL_COUNTERS, TrajectoryStore
 from envs.registry import get_env_spec, task_at
 
 NO_LIMIT_STEPS = 100_000  # max_steps None: the environment's own limit ends the episode first
-LEVEL_COUNTERS = ("attempted", "success", "kept", "failures", "duplicates", "errors", "time_limit", "policy_error")
 
 
 class CollectionError(RuntimeError):
     """Collection cannot reach its target as configured; what is on disk is complete and resumable."""
-
-
-@dataclass
-class CollectConfig:
-    env: str = "babyai"
-    levels: list[str] = field(default_factory=lambda: ["BabyAI-GoToLocal-v0"])
-    episodes: int = 1000  # N: unique environment-verified successes in train/
-    workers: int = 2  # Ray collector actors; 0 runs in this process without Ray
-    out: str = "runs/data"
-    shard_episodes: int = 250  # tasks per actor batch = at most this many episodes per shard
-    policy: dict = field(default_factory=lambda: {"kind": "expert"})
-    max_steps: int | None = None  # None: the environment's own step limit
-    time_limit_s: float | None = None  # per episode; None: the env family's default; 0: none
-    base_seed: int = 0
-    split: str = "train"
-    variants: list[str] = field(default_factory=list)  # mission variants added per level
-    max_attempts: int | None = None  # give up after this many tasks (default 20 N + 1000)
-    depth: int = 2  # batches in flight per actor, so an actor never waits for the driver
 
 
 # A resumed collection must draw the same task stream with the same policy.
@@ -149,13 +130,11 @@ def _resolve(cfg: CollectConfig):
     hanging = [lvl for lvl in levels if lvl in spec.needs_time_limit]
     if hanging and not limit:
         raise ValueError(f"{hanging[0]} needs a per-episode time limit (its expert can loop forever); pass --time-limit-s 30")
-    if cfg.episodes <= 0 or cfg.shard_episodes <= 0 or cfg.workers < 0:
-        raise ValueError("--episodes and --shard-episodes must be positive, --workers at least 0")
     return spec, levels, limit
 
 
 def _meta(cfg: CollectConfig, levels: list[str], limit: float | None) -> dict:
-    d = asdict(cfg)
+    d = cfg.model_dump()
     d["levels"], d["time_limit_s"] = levels, limit or None
     d["policy"] = {k: v for k, v in cfg.policy.items() if k != "api_key"}  # never store a secret
     return {k: d[k] for k in _FIXED}

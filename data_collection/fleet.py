@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from agent.episode import RunnerConfig, run_episode
+from agent.episode import RunnerConfig, episode_id, run_episode
 from data_collection.experts import build_collect_policy
 from data_collection.schema import episode_to_records, records_to_table
 from envs.base import Task
@@ -24,10 +24,6 @@ BATCH_TRIES = 3  # per batch, by the fleet, after Ray's own retries
 # Episodes in a row that a model policy's server failed (each after its own retries): the server is
 # down or refuses every request, so the batch stops there and the driver stops the collection.
 SERVER_DOWN_STREAK = 8
-
-
-def episode_id_for(task: Task) -> str:
-    return f"{task.level}-{task.seed}"
 
 
 def _unnice(to: int) -> None:
@@ -64,7 +60,7 @@ class CollectorActor:
                 break  # the rest would fail the same way: return early, the driver stops
             out = {"index": index, "level": task.level, "row_start": len(rows), "rows": 0, "steps": 0}
             try:
-                ep = run_episode(self.env, self.policy, task, self.runner, episode_id=episode_id_for(task))
+                ep = run_episode(self.env, self.policy, task, self.runner, episode_id=episode_id(task))
             except Exception as e:  # the environment itself crashed: counted, nothing to store
                 outcomes.append({**out, "end_reason": "env_error", "success": False, "error": f"{type(e).__name__}: {e}"})
                 streak = 0

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_collection.atomic_file import write_atomic
 from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, StepRow, records_to_table, rows_table, table_rows
 
 MANIFEST = "manifest.json"
@@ -40,20 +41,11 @@ class ShardError(DatasetError):
         self.reason = reason
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """write_atomic, durable, its failure a DatasetError that says what to do."""
     try:
-        _write_bytes(tmp, data)
-        os.replace(tmp, path)
+        write_atomic(path, data, fsync=True)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         hint = "; free some space, then re-run with --resume" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise DatasetError(f"cannot write {path}: {e.strerror or e}{hint} (earlier shards are intact)") from e
 

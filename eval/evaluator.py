@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.episode import RunnerConfig, run_episode
+from agent.episode import RunnerConfig, episode_id, run_episode
+from data_collection.atomic_file import write_atomic
 from data_collection.experts import check_model_endpoint  # noqa: F401  (re-exported: lam eval and the suites check first)
 from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, code_version, episode_to_records
 from data_collection.store import TrajectoryStore
@@ -32,10 +33,6 @@ from eval.perturb import PerturbedEnv
 
 TRIAL_SEED_STRIDE = 1_000_003  # trial k runs the policy with seed + k * stride: trials differ, re-runs don't
 POLICY_NAMES = {"expert": "expert", "random": "random", "prefix-expert": "prefix-expert", "model": "model"}
-
-
-def episode_id(prefix: str, task: Task, trial: int) -> str:
-    return f"{prefix}-{task.level}-{task.seed}-t{trial}"
 
 
 def placeholder_record(eid: str, task: Task, policy: str, model: str, end_reason: str, error: str = "") -> dict:
@@ -137,7 +134,7 @@ class EvalWorker:
         return rng.randrange(len(units)) if rng.random() < float(perturbation.get("p", 0.0)) else None
 
     def run_one(self, task: Task, trial: int, id_prefix: str, chunk_attempt: int, spec: dict) -> dict:
-        policy, eid = self.policy(spec, trial), episode_id(id_prefix, task, trial)
+        policy, eid = self.policy(spec, trial), episode_id(task, id_prefix, trial)
         errors: list[str] = []
         for attempt in range(self.episode_retries + 1):
             self.env.begin_episode(trial, f"{chunk_attempt}.{attempt}")
@@ -176,13 +173,6 @@ def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: 
     tasks = [f"{t.task_id}#{k}" for t, k in units]
     return {"env": env, "policy": pol, "runner": runner, "perturbation": perturbation or {"kind": "none"},
             "chunk": chunk, "units": len(units), "first": tasks[:1], "last": tasks[-1:]}
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, workers: int,
@@ -301,7 +291,7 @@ class ActorPool:
 
 
 def _infra_result(prefix: str, task: Task, trial: int, policy: str, model: str, msg: str, attempts: int) -> dict:
-    eid = episode_id(prefix, task, trial)
+    eid = episode_id(task, prefix, trial)
     return {"records": [placeholder_record(eid, task, policy, model, "infra_error", msg)],
             "meta": {"trial": trial, "attempts": attempts, "errors": [msg], "events": [], "progress": 0.0,
                      "tokens": {}, "infra_error": msg}}
@@ -310,7 +300,8 @@ def _infra_result(prefix: str, task: Task, trial: int, policy: str, model: str, 
 def _write_chunk(store: TrajectoryStore, name: str, results: list[dict]) -> None:
     # The sidecar first: a shard listed in the manifest always has its events on disk.
     meta = {r["records"][0]["episode_id"]: r["meta"] for r in results}
-    _write_json_atomic(store.root / "events" / f"{name}.json", meta)
+    (store.root / "events").mkdir(parents=True, exist_ok=True)
+    write_atomic(store.root / "events" / f"{name}.json", json.dumps(meta))
     store.write_shard("episodes", name, [rec for r in results for rec in r["records"]],
                       {"infra_errors": sum("infra_error" in m for m in meta.values())})
 

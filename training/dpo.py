@@ -1,7 +1,6 @@
 """Preference learning (DPO, Rafailov et al. 2023) on success/failure pairs of the same task.
 
     lam dpo --data runs/recipe/boost/data --model runs/recipe/train/export --out runs/dpo [--resume] [key=value ...]
-    python -m training.dpo --data runs/recipe/boost/data --model runs/recipe/train/export --out runs/recipe/dpo
 
 A pair is one environment-verified success and one failure of the model on the same task (level,
 seed). An episode's log-probability is the sum over its action tokens across its history windows,
@@ -205,28 +204,3 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
-
-def main() -> None:
-    import argparse
-
-    from training.train import read_config
-
-    p = argparse.ArgumentParser(description="DPO on success/failure pairs")
-    p.add_argument("--data", required=True, help="comma-separated dataset dirs holding train/ and failures/")
-    p.add_argument("--model", required=True)
-    p.add_argument("--config", default=None, help="YAML with a dpo: section, or DPO keys at top level")
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="delete a previous run's files in OUT and start over")
-    p.add_argument("overrides", nargs="*")
-    a = p.parse_args()
-    from training.run_dir import check_flags
-
-    check_flags(a.resume, a.overwrite)
-    cfg = DPOConfig(**read_config(a.config, a.overrides, section="dpo"))
-    print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, cfg, resume=a.resume, overwrite=a.overwrite),
-                     indent=1))
-
-
-if __name__ == "__main__":
-    main()

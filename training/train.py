@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from data_collection.overrides import apply_overrides
 from training.lora import LoraSettings
 
 
@@ -82,19 +83,7 @@ def read_config(path: str | None, overrides: list[str], section: str = "train") 
             raise FileNotFoundError(f"config file {path} does not exist")
         raw = yaml.safe_load(Path(path).read_text()) or {}
         raw = raw.get(section, raw) or {}
-    for kv in overrides:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise ValueError(f"override {kv!r} must look like key=value")
-        *parents, leaf = key.split(".")
-        node = raw
-        for name in parents:
-            node[name] = {} if node.get(name) is None else node[name]
-            if not isinstance(node[name], dict):
-                raise ValueError(f"override {kv!r}: {name!r} is a value, not a section with keys")
-            node = node[name]
-        node[leaf] = yaml.safe_load(value)
-    return raw
+    return apply_overrides(raw, overrides)
 
 
 def _setup_dist() -> tuple[int, int]:

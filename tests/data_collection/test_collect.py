@@ -122,17 +122,17 @@ def test_corrupt_shard_and_schema_mismatch_name_the_file(bot_dataset, tmp_path):
 def test_full_disk_names_the_file_keeps_earlier_shards_and_resumes(tmp_path, monkeypatch):
     import errno
 
-    import data_collection.store as store_mod
+    import data_collection.atomic_file as store_mod  # its _write_bytes: every atomic write of the store
 
     out = tmp_path / "ds"
     real, calls = store_mod._write_bytes, []
 
-    def flaky(path, data):  # the 3rd train shard write hits a full disk
+    def flaky(path, data, fsync):  # the 3rd train shard write hits a full disk
         if path.parent.name == "train" and ".parquet.tmp-" in path.name:
             calls.append(path)
             if len(calls) == 3:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, fsync)
 
     monkeypatch.setattr(store_mod, "_write_bytes", flaky)
     cfg = CollectConfig(episodes=50, workers=0, out=str(out), shard_episodes=10)
