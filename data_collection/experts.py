@@ -9,7 +9,9 @@
                                            being trained: the self-improvement path)
     {"kind": "random", "seed": 0}          the floor
 
-All of them run through agent.episode.run_episode, so the recorded states are exactly what an agent sees.
+All of them run through agent.episode.run_episode, so the recorded states are exactly what an agent sees,
+and are built by the one policy factory (agent/policy_factory.py); collection only adds gold replay
+(a scripted policy from recorded actions) and its crash handling (on_crash="raise" for the expert).
 """
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ class Fleet:
 
     def grow(self, n: int) -> None:
         """Start actors until min(n, workers) run (an evaluation of 2 chunks needs no 16)."""
-        if self.workers == 0:
+        if self.workers == 0 or len(self.actors) >= min(n, self.workers):
             return
         new = [self._cls.remote(*self.args) for _ in range(min(n, self.workers) - len(self.actors))]
         try:

@@ -3,7 +3,7 @@ attempts are written through the collector's store, ledger, de-duplication and c
 import json
 import sys
 
-import cloudpickle
+from ray import cloudpickle
 
 from data_collection.attempts import collect_attempts
 from data_collection.collector import CollectConfig, collect
