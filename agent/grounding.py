@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.tool_call_format import call_texts, has_calls
 from envs.base import Action, ActionSpace
 
 # Common phrasings a model (or a human) uses for BabyAI's text actions.
@@ -50,7 +51,6 @@ def ground_text_action(raw: str, valid: list[str]) -> Grounded:
 # spaces take OpenAI tool calls (or Hermes <tool_call> text from servers that do not parse them)
 # and validate names, argument types against the JSON schema, and the env's preconditions.
 
-_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 # A closing message that hands the task back (cannot do it, needs something) instead of finishing it.
 _GIVE_UP = re.compile(
     r"\b(cannot|can ?not|can't|unable|not able|could ?n[o']t|impossible|missing|not available|give up|"
@@ -116,7 +116,7 @@ def _precondition(env: Any, action: Action) -> str:
 
 def _ground_tools(content: str, tool_calls: list, space: ActionSpace, env: Any) -> Grounding:
     errors: list[str] = []
-    if not tool_calls and "<tool_call>" in content:
+    if not tool_calls and has_calls(content):
         tool_calls, errors = _calls_from_text(content)
     if not tool_calls and not errors:
         if not space.message_action:
@@ -164,9 +164,9 @@ def _ground_tools(content: str, tool_calls: list, space: ActionSpace, env: Any) 
 
 def _calls_from_text(text: str) -> tuple[list, list[str]]:
     calls, errors = [], []
-    for k, m in enumerate(_TOOL_TAG.finditer(text)):
+    for k, body in enumerate(call_texts(text)):
         try:
-            obj = json.loads(m.group(1))
+            obj = json.loads(body)
         except ValueError as e:
             errors.append(f"call {k + 1}: malformed JSON in <tool_call> ({e})")
             continue

@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.tool_call_format import format_call
 from envs.base import Action, Environment, Task, action_space_of
 
 
@@ -30,7 +31,7 @@ class PolicyOutput:
     def to_text(self) -> str:
         """One string for logs and records: the content, or the calls as Hermes <tool_call> text
         (what a served model emits to produce them)."""
-        calls = [f"<tool_call>{json.dumps(_call_body(c), ensure_ascii=False)}</tool_call>" for c in self.tool_calls]
+        calls = [format_call(_call_body(c)) for c in self.tool_calls]
         return "\n".join(([self.content] if self.content else []) + calls)
 
 

@@ -315,14 +315,13 @@ def _make_env(name: str):
 
 
 def _build_policy(spec: dict, task: Task):
-    from agent.policies import ScriptedPolicy
-    from agent.worker import build_policy
+    from agent.policy_factory import PolicySpec, build_policy
 
     if spec.get("kind") == "scripted":
         actions = spec.get("actions")
         if not isinstance(actions, list):
             raise ApiError(400, "invalid_policy", "policy kind 'scripted' needs 'actions': a list of outputs to replay")
-        return ScriptedPolicy({task.task_id: actions})
+        return build_policy(PolicySpec(kind="scripted", script={task.task_id: actions}))
     if spec.get("kind") == "model":
         missing = [k for k in ("base_url", "model") if not spec.get(k)]
         if missing:

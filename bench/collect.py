@@ -55,7 +55,7 @@ def _ray_system_cpu() -> float:
     total = 0.0
     for child in psutil.Process().children(recursive=True):
         try:
-            if "CollectorActor" in " ".join(child.cmdline()):  # actors report their own CPU
+            if "RolloutActor" in " ".join(child.cmdline()):  # actors report their own CPU
                 continue
             t = child.cpu_times()
             total += t.user + t.system
@@ -67,14 +67,17 @@ def _ray_system_cpu() -> float:
 def _call_round_trip_s(calls: int = 50) -> float:
     import ray
 
-    from data_collection.fleet import CollectorActor
+    from functools import partial
 
-    actor = ray.remote(num_cpus=1)(CollectorActor).remote(
-        "babyai", {"max_steps": 64}, {"kind": "expert"}, {"model": "", "code_version": ""})
-    ray.get(actor.run_batch.remote([]))
+    from data_collection.batch import collect_batch
+    from data_collection.fleet import RolloutActor
+
+    actor = ray.remote(num_cpus=1)(RolloutActor).remote("babyai", {"max_steps": 64})
+    work = partial(collect_batch, policy={"kind": "expert"}, provenance={"model": "", "code_version": ""})
+    ray.get(actor.run.remote(work, []))
     t0 = time.perf_counter()
     for _ in range(calls):
-        ray.get(actor.run_batch.remote([]))
+        ray.get(actor.run.remote(work, []))
     dt = (time.perf_counter() - t0) / calls
     ray.kill(actor)
     return dt

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 def plain_loop(env_name: str, tasks, policy_spec: dict, runner: dict, out: Path, chunk: int) -> dict:
     from agent.episode import RunnerConfig, episode_id, run_episode
-    from agent.worker import build_policy
+    from agent.policy_factory import build_policy
     from data_collection.schema import episode_to_records
     from data_collection.store import TrajectoryStore
     from envs.registry import make_env

@@ -4,7 +4,7 @@
     python bench/fleet.py --model runs/quickstart/train/export --workers 1,2,4,8,16 --seconds 20
 
 One embedded-backend server (serving.launch.start_server_subprocess, continuous batching) serves
-every phase; the 16 actors (agent.worker.AgentWorker running the one episode runner with
+every phase; the 16 actors (the one rollout fleet, data_collection/fleet.py, running the episode runner with
 ModelPolicy on BabyAI) start once and the first N take part in phase N. Each phase warms up, then
 counts agent steps finished inside a fixed wall-clock window. An agent step is one environment
 decision including its grounding retries (a random model's output is mostly invalid, so most
@@ -56,33 +56,27 @@ class _Clocked:
         return out
 
 
-def fleet_worker_class():
+def run_window(actor, chunk: tuple, attempt: int = 0) -> dict:
+    """Work for the rollout fleet: episodes back to back until t_off; steps (and requests) finished in [t_on, t_off)."""
     from agent.episode import run_episode
-    from agent.worker import AgentWorker
+    from agent.policy_factory import build_policy
     from envs.base import Task
     from envs.registry import TEST_SEEDS
 
-    class FleetWorker(AgentWorker):
-        def ready(self) -> bool:
-            return True
-
-        def run_window(self, index: int, t_on: float, t_off: float) -> dict:
-            """Episodes back to back until t_off; steps (and requests) finished in [t_on, t_off)."""
-            policy, errors, k = _Clocked(self.policy, t_off), [], 0
-            while time.time() < t_off:
-                task = Task("babyai", LEVEL, TEST_SEEDS[0] + 10_000 * index + k, split="test")
-                ep = run_episode(self.env, policy, task, self.runner)
-                if ep.error and ep.error != "window closed":
-                    errors.append(ep.error)  # counted and shown; the worker goes on with the next task
-                k += 1
-            last = {}  # a step is done when its last request is answered
-            for t, key in policy.log:
-                last[key] = t
-            steps = sum(t_on <= t < t_off for t in last.values())
-            requests = sum(t_on <= t < t_off for t, _ in policy.log)
-            return {"steps": steps, "episodes": k, "requests": requests, "errors": errors}
-
-    return FleetWorker
+    index, t_on, t_off, spec = chunk
+    policy, errors, k = _Clocked(actor.cached("policy", lambda: build_policy(spec)), t_off), [], 0
+    while time.time() < t_off:
+        task = Task("babyai", LEVEL, TEST_SEEDS[0] + 10_000 * index + k, split="test")
+        ep = run_episode(actor.env, policy, task, actor.runner)
+        if ep.error and ep.error != "window closed":
+            errors.append(ep.error)  # counted and shown; the worker goes on with the next task
+        k += 1
+    last = {}  # a step is done when its last request is answered
+    for t, key in policy.log:
+        last[key] = t
+    steps = sum(t_on <= t < t_off for t in last.values())
+    requests = sum(t_on <= t < t_off for t, _ in policy.log)
+    return {"steps": steps, "episodes": k, "requests": requests, "errors": errors}
 
 
 def main() -> None:
@@ -121,21 +115,25 @@ def main() -> None:
                "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f} at start",
                "phases": []}
     try:
-        # Agents mostly wait on the server: no CPU reservation, or 2 cores would cap the fleet at 2.
-        Actor = ray.remote(num_cpus=0)(fleet_worker_class())
+        from data_collection.fleet import Fleet
+
         policy = {"kind": "model", "base_url": server.base_url, "model": server.model_name,
                   "max_tokens": a.max_tokens, "timeout_s": 600, "retries": 0}
         runner = {"max_steps": 64, "max_retries": a.max_retries, "history_window": a.history_window}
         t0 = time.perf_counter()
-        actors = [Actor.remote("babyai", runner, policy) for _ in range(max(sizes))]
-        ray.get([w.ready.remote() for w in actors])
-        print(f"{len(actors)} agent actors up after {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        # Agents mostly wait on the server: no CPU reservation, or 2 cores would cap the fleet at 2.
+        fleet = Fleet(max(sizes), "babyai", runner, cpus=0, depth=1, ray_restarts=0)
+        print(f"{len(fleet.actors)} agent actors up after {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         print(f"{'workers':>7} {'steps/s':>8} {'requests/s':>10} {'episodes':>8} {'speedup':>7}")
         base = None
         for n in sizes:
             t_on = time.time() + a.warmup
             t_off = t_on + a.seconds
-            parts = ray.get([w.run_window.remote(i, t_on, t_off) for i, w in enumerate(actors[:n])])
+            for i in range(n):  # one window each on actors 0..n-1 (the fleet gives each to the least loaded)
+                fleet.submit(run_window, (i, t_on, t_off, policy))
+            parts = []
+            while len(parts) < n:
+                parts += [r for _, r in fleet.wait(timeout=None)]
             steps = sum(x["steps"] for x in parts)
             rate = steps / a.seconds
             base = base or rate
@@ -147,8 +145,7 @@ def main() -> None:
             print(f"{n:>7} {rate:>8.2f} {row['requests_per_s']:>10.1f} {row['episodes']:>8} "
                   f"{row['speedup_vs_1']:>6.2f}x" + (f"  {row['n_errors']} errors, e.g. {row['errors'][0]}" if row["errors"] else ""),
                   flush=True)
-        for w in actors:
-            ray.kill(w)
+        fleet.close()
     finally:
         if started:
             ray.shutdown()

@@ -304,13 +304,12 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
         b = cfg.self_boost
         boost_tasks = sample_tasks(c.env, c.levels, "train", b.tasks, base_seed=b.base_seed)
 
-        def attempts() -> dict:
-            def run(url):
-                for t in range(b.trials):
-                    evaluate(f"trial{t}", c.env, boost_tasks, _model_policy(url, b.temperature, cfg.seed + 1000 + t),
-                             runner, b.workers, boost_dir / "attempts")
-            _with_server(cfg, export, run)
-            return _split_attempts(boost_dir, b.trials)
+        def attempts() -> dict:  # written as lam collect writes a dataset: ledger, de-duplication, card
+            from data_collection.attempts import collect_attempts
+
+            return _with_server(cfg, export, lambda url: collect_attempts(
+                boost_dir / "data", c.env, boost_tasks, b.trials,
+                lambda t: _model_policy(url, b.temperature, cfg.seed + 1000 + t), runner, b.workers))
 
         info = _stage(stages, plan, "self_boost_attempts", attempts)
         wall["self_boost_attempts"] = info["wall_s"]
@@ -375,22 +374,3 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
     report = write_report(run_dir, results, wall, extra)
     print_report(report)
     return report
-
-
-def _split_attempts(boost_dir: Path, trials: int) -> dict:
-    """Write the model's attempts as a dataset: verified successes in train/, failures in failures/."""
-    from data_collection.store import TrajectoryStore, group_episodes
-
-    out = TrajectoryStore(boost_dir / "data")
-    successes = failures = 0
-    for t in range(trials):
-        src = TrajectoryStore(boost_dir / "attempts" / f"trial{t}")
-        eps = group_episodes(src.read_records("episodes"))
-        good = [r for ep in eps if ep[-1]["episode_success"] for r in ep]
-        bad = [r for ep in eps if not ep[-1]["episode_success"] for r in ep]
-        successes += len({r["episode_id"] for r in good})
-        failures += len({r["episode_id"] for r in bad})
-        if bad:
-            out.write_shard("failures", f"trial{t}", bad)
-        out.write_shard("train", f"trial{t}", good)
-    return {"successes": successes, "failures": failures}

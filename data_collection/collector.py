@@ -35,14 +35,16 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from data_collection.batch import SERVER_DOWN_STREAK, collect_batch, prepare
 from data_collection.collect_config import CollectConfig
 from data_collection.experts import check_model_endpoint, policy_model
-from data_collection.fleet import SERVER_DOWN_STREAK, Fleet
+from data_collection.fleet import Fleet
 from data_collection.schema import code_version
 from data_collection.store import LEVEL_COUNTERS, TrajectoryStore
 from envs.registry import get_env_spec, task_at
@@ -254,7 +256,10 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
             runner = {"max_steps": cfg.max_steps or NO_LIMIT_STEPS, "time_limit_s": limit or None}
             provenance = {"model": policy_model(cfg.policy, spec.expert_version), "code_version": code_version(),
                           "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
-            fleet = Fleet(cfg.workers, cfg.env, runner, cfg.policy, provenance, depth=cfg.depth)
+            # A model policy mostly waits on HTTP: a quarter CPU each lets many share the cores.
+            fleet = Fleet(cfg.workers, cfg.env, runner, cpus=0.25 if cfg.policy.get("kind") == "model" else 1,
+                          depth=cfg.depth, niceness=provenance["niceness"], setup=partial(prepare, policy=cfg.policy))
+            work = partial(collect_batch, policy=cfg.policy, provenance=provenance)
         actors_ready_s = time.perf_counter() - t0
         columns = [TextColumn("collect {task.fields[out]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[rate]:.0f} episodes/s, {task.fields[extra]}")]
@@ -271,7 +276,7 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
                     if ledger.attempted + fleet.in_flight_tasks() >= max_attempts:
                         break
                     a, b = ledger.next_range(size)
-                    fleet.submit([(i, task_at(cfg.env, levels, cfg.split, i, cfg.base_seed)) for i in range(a, b)])
+                    fleet.submit(work, [(i, task_at(cfg.env, levels, cfg.split, i, cfg.base_seed)) for i in range(a, b)])
                 done = fleet.wait(timeout=1.0)
                 if not done and fleet.in_flight_tasks() == 0:
                     write_card(store)  # what was collected is complete and described

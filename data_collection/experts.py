@@ -9,7 +9,9 @@
                                            being trained: the self-improvement path)
     {"kind": "random", "seed": 0}          the floor
 
-All of them run through agent.episode.run_episode, so the recorded states are exactly what an agent sees.
+All of them run through agent.episode.run_episode, so the recorded states are exactly what an agent sees,
+and are built by the one policy factory (agent/policy_factory.py); collection only adds gold replay
+(a scripted policy from recorded actions) and its crash handling (on_crash="raise" for the expert).
 """
 from __future__ import annotations
 
@@ -17,37 +19,11 @@ import json
 import os
 from pathlib import Path
 
-from agent.episode import EpisodeTimeout
-from agent.policies import ModelEndpointError, PolicyError, ScriptedPolicy
+from agent.policies import ModelEndpointError
 from agent.policies import check_model_endpoint as _check
-from agent.worker import build_policy
+from agent.policy_factory import PolicySpec, build_policy
 
 POLICY_KINDS = ("expert", "gold", "model", "random")
-
-
-class GuardedExpert:
-    """An expert whose crash ends the episode as a labelled failure (end_reason "policy_error",
-    the reason in `error`) instead of killing the collector: the BabyAI bot raises on some seeds
-    (BotStuck, DisappearedBoxError, assertion errors in its planner)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def begin(self, env, task) -> None:
-        self._guard(self.inner.begin, env, task)
-
-    def act(self, messages, env, step, attempt) -> str:
-        return self._guard(self.inner.act, messages, env, step, attempt)
-
-    @staticmethod
-    def _guard(fn, *args):
-        try:
-            return fn(*args)
-        except (EpisodeTimeout, PolicyError, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            raise PolicyError(f"expert failed: {type(e).__name__}: {str(e)[:200]}") from e
 
 
 def load_gold(path: str | Path) -> dict[str, list[str]]:
@@ -79,16 +55,21 @@ def load_gold(path: str | Path) -> dict[str, list[str]]:
     return gold
 
 
-def build_collect_policy(spec: dict):
+def collect_policy_spec(spec: dict) -> PolicySpec:
+    """A collection policy dict as the one factory's typed spec: gold becomes a scripted replay."""
     kind = spec.get("kind", "expert")
     if kind == "gold":
         if not spec.get("path"):
             raise ValueError("policy gold needs a path (--gold DIR_OR_JSONL)")
-        return ScriptedPolicy(load_gold(spec["path"]))
+        return PolicySpec(kind="scripted", script=load_gold(spec["path"]))
     if kind not in POLICY_KINDS:
         raise ValueError(f"unknown policy kind {kind!r}: expected {', '.join(POLICY_KINDS)}")
-    policy = build_policy(spec)
-    return GuardedExpert(policy) if kind == "expert" else policy
+    return PolicySpec.from_dict(spec)
+
+
+def build_collect_policy(spec: dict):
+    """An expert's crash is a labelled policy_error failure, never a dead collector."""
+    return build_policy(collect_policy_spec(spec), on_crash="raise" if spec.get("kind", "expert") == "expert" else None)
 
 
 def check_model_endpoint(spec: dict) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
+from data_collection.batch import collect_batch, prepare
 from data_collection.experts import policy_model
 from data_collection.fleet import Fleet
 from data_collection.schema import code_version
@@ -24,7 +26,9 @@ def sweep(env: str, levels: list[str], seeds: int, workers: int, time_limit_s: f
     limit = spec.default_time_limit_s if time_limit_s is None else time_limit_s
     runner = {"max_steps": 100_000, "time_limit_s": limit or None}
     prov = {"model": policy_model({"kind": "expert"}, spec.expert_version), "code_version": code_version()}
-    fleet = Fleet(workers, env, runner, {"kind": "expert"}, prov, depth=1)
+    expert = {"kind": "expert"}
+    fleet = Fleet(workers, env, runner, depth=1, setup=partial(prepare, policy=expert))
+    work = partial(collect_batch, policy=expert, provenance=prov)
     results: dict[str, dict] = {}
     queue = [(lvl, [(i, task_at(env, [lvl], "train", i)) for i in range(seeds)]) for lvl in levels]
     by_first: dict[tuple, str] = {}
@@ -33,7 +37,7 @@ def sweep(env: str, levels: list[str], seeds: int, workers: int, time_limit_s: f
             while queue and fleet.free_slots() > 0:
                 lvl, batch = queue.pop(0)
                 by_first[(batch[0][1].level, batch[0][1].seed)] = lvl
-                fleet.submit(batch)
+                fleet.submit(work, batch)
             for batch, res in fleet.wait(timeout=1.0):
                 lvl = by_first[(batch[0][1].level, batch[0][1].seed)]
                 outs = res["outcomes"]

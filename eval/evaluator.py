@@ -1,4 +1,4 @@
-"""Evaluation with a fleet of Ray agent actors driving environments through one policy.
+"""Evaluation: tasks x trials through one policy, on the one rollout fleet (data_collection/fleet.py).
 
     lam eval --model-url http://127.0.0.1:8000/v1 --model export --levels BabyAI-GoToLocal-v0 --episodes 200
     lam eval --suite robustness --policy model --model-url URL --trials 3 --out runs/eval-rob [--resume]
@@ -18,17 +18,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from agent.episode import RunnerConfig, episode_id, run_episode
+from agent.episode import episode_id, run_episode
 from data_collection.atomic_file import write_atomic
+from agent.policy_factory import build_policy
 from data_collection.experts import check_model_endpoint  # noqa: F401  (re-exported: lam eval and the suites check first)
+from data_collection.fleet import Fleet
 from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, code_version, episode_to_records
 from data_collection.store import TrajectoryStore
 from envs.base import Task
-from eval.metrics import episode_summaries, per_level, summarize
+from eval.metrics import Summary, episode_summaries
 from eval.perturb import PerturbedEnv
 
 TRIAL_SEED_STRIDE = 1_000_003  # trial k runs the policy with seed + k * stride: trials differ, re-runs don't
@@ -55,115 +57,75 @@ def placeholder_record(eid: str, task: Task, policy: str, model: str, end_reason
     return row
 
 
-class CrashGuard:
-    """A policy that raises (the expert's planner asserting in a perturbed world, a bug) fails its own
-    episode: from then on it outputs nothing, which the runner counts as invalid actions until the
-    step limit, and `crash` says why. PolicyError (model server unreachable) and the episode's time
-    limit pass through: the first is infrastructure, the second the runner's own business."""
+@dataclass
+class EvalChunk:
+    """One chunk of an evaluation, as work for the rollout fleet (`eval_chunk`)."""
 
-    def __init__(self, policy) -> None:
-        self.policy, self.name, self.crash = policy, policy.name, ""
+    name: str  # its shard: episodes/<name>.parquet
+    units: list  # [(task, trial)]
+    id_prefix: str
+    policy: dict
+    perturbation: dict | None = None
+    episode_retries: int = 2
+    seed: int = 0
 
-    @property
-    def usage(self) -> dict:
-        return getattr(self.policy, "usage", {})
+    def __len__(self) -> int:
+        return len(self.units)
 
-    def begin(self, env, task) -> None:
-        self.crash = ""
-        self._guard(self.policy.begin, env, task)
 
-    def act(self, messages, env, step, attempt):
-        return "" if self.crash else self._guard(self.policy.act, messages, env, step, attempt) or ""
+def eval_chunk(actor, c: EvalChunk, attempt: int = 0) -> dict:
+    """[(task, trial)] -> {"results": [{"records": [...], "meta": {...}}]}, one per unit, in order. One actor
+    serves every variant of a suite: policies are built once per (spec, trial), environments per perturbation."""
+    key = json.dumps(c.perturbation or {}, sort_keys=True)
+    env = actor.cached(("perturbed", key), lambda: PerturbedEnv(actor.env, c.perturbation, seed=c.seed))
+    die_at = _death(c, attempt)
+    out = []
+    for i, (task, trial) in enumerate(c.units):
+        if i == die_at:
+            os._exit(17)  # the actor_death fault: this worker process dies mid-chunk (OOM kill, lost node)
+        out.append(_run_one(actor, env, task, trial, c, attempt))
+    return {"results": out}
 
-    def _guard(self, fn, *args):
-        from agent.episode import EpisodeTimeout
-        from agent.policies import PolicyError
 
+def _death(c: EvalChunk, attempt: int) -> int | None:
+    p = c.perturbation or {}
+    if p.get("kind") != "actor_death" or not c.units:
+        return None
+    rng = random.Random(f"{c.seed}/death/{c.id_prefix}/{c.units[0][0].task_id}/{c.units[0][1]}/{attempt}")
+    return rng.randrange(len(c.units)) if rng.random() < float(p.get("p", 0.0)) else None
+
+
+def _policy(actor, spec: dict, trial: int):
+    seed = int(spec.get("seed", 0)) + trial * TRIAL_SEED_STRIDE
+    return actor.cached(("eval-policy", json.dumps(spec, sort_keys=True), trial),
+                        lambda: build_policy({**spec, "seed": seed}, on_crash="fail_episode"))
+
+
+def _run_one(actor, env: PerturbedEnv, task: Task, trial: int, c: EvalChunk, chunk_attempt: int) -> dict:
+    policy, eid, model = _policy(actor, c.policy, trial), episode_id(task, c.id_prefix, trial), c.policy.get("model", "")
+    errors: list[str] = []
+    for attempt in range(c.episode_retries + 1):
+        env.begin_episode(trial, f"{chunk_attempt}.{attempt}")
+        tokens0 = dict(policy.usage)
         try:
-            return fn(*args)
-        except (PolicyError, EpisodeTimeout):
-            raise
-        except Exception as e:
-            self.crash = f"{type(e).__name__}: {e}"[:300]
-            return None
-
-
-class EvalWorker:
-    """One environment, the episode runner, and per call a policy and a perturbation: one actor pool
-    serves every variant of a suite. Policies are built once per (spec, trial), wrappers per spec."""
-
-    def __init__(self, env: str, runner: dict, episode_retries: int = 2, seed: int = 0) -> None:
-        if "torch" in sys.modules:  # only if something imported it: importing torch costs seconds per actor
-            sys.modules["torch"].set_num_threads(1)  # many processes share 2 cores: oversubscription is slow
-        from envs.registry import make_env
-
-        self.base_env = make_env(env)
-        self.runner = RunnerConfig(**runner)
-        self.episode_retries, self.seed = episode_retries, seed
-        self._policies: dict[tuple[str, int], CrashGuard] = {}
-        self._envs: dict[str, PerturbedEnv] = {}
-
-    def policy(self, spec: dict, trial: int) -> CrashGuard:
-        from agent.worker import build_policy
-
-        key = (json.dumps(spec, sort_keys=True), trial)
-        if key not in self._policies:
-            seed = int(spec.get("seed", 0)) + trial * TRIAL_SEED_STRIDE
-            self._policies[key] = CrashGuard(build_policy({**spec, "seed": seed}))
-        return self._policies[key]
-
-    def evaluate(self, units: list[tuple[Task, int]], id_prefix: str, chunk_attempt: int = 0,
-                 policy: dict | None = None, perturbation: dict | None = None) -> list[dict]:
-        """[(task, trial)] -> [{"records": [...], "meta": {...}}], one per unit, in order."""
-        key = json.dumps(perturbation or {}, sort_keys=True)
-        if key not in self._envs:
-            self._envs[key] = PerturbedEnv(self.base_env, perturbation, seed=self.seed)
-        self.env, self.model = self._envs[key], (policy or {}).get("model", "")
-        die_at = self._death(units, id_prefix, chunk_attempt, perturbation or {})
-        out = []
-        for i, (task, trial) in enumerate(units):
-            if i == die_at:
-                os._exit(17)  # the actor_death fault: this worker process dies mid-chunk (OOM kill, lost node)
-            out.append(self.run_one(task, trial, id_prefix, chunk_attempt, policy or {"kind": "expert"}))
-        return out
-
-    def _death(self, units, id_prefix: str, chunk_attempt: int, perturbation: dict) -> int | None:
-        if perturbation.get("kind") != "actor_death" or not units:
-            return None
-        rng = random.Random(f"{self.seed}/death/{id_prefix}/{units[0][0].task_id}/{units[0][1]}/{chunk_attempt}")
-        return rng.randrange(len(units)) if rng.random() < float(perturbation.get("p", 0.0)) else None
-
-    def run_one(self, task: Task, trial: int, id_prefix: str, chunk_attempt: int, spec: dict) -> dict:
-        policy, eid = self.policy(spec, trial), episode_id(task, id_prefix, trial)
-        errors: list[str] = []
-        for attempt in range(self.episode_retries + 1):
-            self.env.begin_episode(trial, f"{chunk_attempt}.{attempt}")
-            tokens0 = dict(policy.usage)
-            try:
-                ep = run_episode(self.env, policy, task, self.runner, episode_id=eid)
-            except Exception as e:  # the environment (or something under it) broke: not the agent's doing
-                errors.append(f"{type(e).__name__}: {e}"[:300])
-                continue
-            if ep.end_reason == "policy_error":  # the model server failed after the policy's own retries
-                errors.append(ep.error[:300])
-                continue
-            tokens = {k: v - tokens0.get(k, 0) for k, v in policy.usage.items()}
-            records = self._records(ep) if ep.steps else [
-                placeholder_record(eid, task, policy.name, self.model, ep.end_reason, ep.error)]
-            meta = {"trial": trial, "attempts": attempt + 1, "errors": errors, "events": self.env.events,
-                    "progress": self.env.progress, "tokens": tokens, "policy_crash": policy.crash}
-            return {"records": records, "meta": meta}
-        records = [placeholder_record(eid, task, policy.name, self.model, "infra_error", errors[-1])]
-        meta = {"trial": trial, "attempts": self.episode_retries + 1, "errors": errors, "events": [],
-                "progress": 0.0, "tokens": {}, "infra_error": errors[-1] if errors else "unknown"}
+            ep = run_episode(env, policy, task, actor.runner, episode_id=eid)
+        except Exception as e:  # the environment (or something under it) broke: not the agent's doing
+            errors.append(f"{type(e).__name__}: {e}"[:300])
+            continue
+        if ep.end_reason == "policy_error":  # the model server failed after the policy's own retries
+            errors.append(ep.error[:300])
+            continue
+        tokens = {k: v - tokens0.get(k, 0) for k, v in policy.usage.items()}
+        origin = getattr(env, "variant_info", None)  # mission variants (envs/babyai_variants.py)
+        records = (episode_to_records(ep, model=model, **({"origin": origin()} if origin else {})) if ep.steps
+                   else [placeholder_record(eid, task, policy.name, model, ep.end_reason, ep.error)])
+        meta = {"trial": trial, "attempts": attempt + 1, "errors": errors, "events": env.events,
+                "progress": env.progress, "tokens": tokens, "policy_crash": policy.crash}
         return {"records": records, "meta": meta}
-
-    def _records(self, ep) -> list[dict]:
-        origin = getattr(self.env, "variant_info", None)  # mission variants (envs/babyai_variants.py)
-        if origin is None:
-            return episode_to_records(ep, model=self.model)
-        return episode_to_records(ep, model=self.model, origin=origin())
-
+    records = [placeholder_record(eid, task, policy.name, model, "infra_error", errors[-1])]
+    meta = {"trial": trial, "attempts": c.episode_retries + 1, "errors": errors, "events": [],
+            "progress": 0.0, "tokens": {}, "infra_error": errors[-1] if errors else "unknown"}
+    return {"records": records, "meta": meta}
 
 
 def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, perturbation: dict | None,
@@ -178,16 +140,12 @@ def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: 
 def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, workers: int,
               root: str | Path, *, perturbation: dict | None = None, chunk: int = 8, progress: bool = True,
               episode_retries: int = 2, chunk_retries: int = 2, chunk_timeout_s: float | None = None,
-              seed: int = 0, pool: "ActorPool | None" = None) -> dict:
-    """Run every (task, trial) in `units` on `workers` Ray actors into the store at `root`.
-    Chunks already on disk are skipped. Returns run statistics (wall time, retries, deaths).
-    `pool`: actors to use (and keep) instead of starting and stopping `workers` new ones."""
-    import ray
-    from ray.exceptions import RayActorError, WorkerCrashedError
+              seed: int = 0, pool: Fleet | None = None) -> dict:
+    """Run every (task, trial) in `units` on `workers` rollout actors into the store at `root`, one shard
+    per chunk as it finishes. Chunks already on disk are skipped. Returns run statistics (wall time,
+    retries, deaths). `pool`: a fleet (`eval_fleet`) to use and keep instead of starting and stopping one."""
     from rich.console import Console
     from rich.progress import Progress
-
-    from data_collection.ray_local import init_ray
 
     store = TrajectoryStore(Path(root))
     store.root.mkdir(parents=True, exist_ok=True)
@@ -200,101 +158,51 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     store.set_meta(fingerprint=fp, name=name)
     done = {k.split("/", 1)[1] for k in manifest["shards"] if k.startswith("episodes/")}
     chunks = [(f"chunk-{i // chunk:05d}", units[i : i + chunk]) for i in range(0, len(units), chunk)]
-    todo = [(n, c, 0) for n, c in chunks if n not in done]
-    stats = {"episodes": len(units), "episodes_run": sum(len(c) for _, c, _ in todo), "chunks": len(chunks),
+    todo = [EvalChunk(n, c, name, policy, perturbation, episode_retries, seed) for n, c in chunks if n not in done]
+    stats = {"episodes": len(units), "episodes_run": sum(len(c) for c in todo), "chunks": len(chunks),
              "chunks_run": len(todo), "actor_deaths": 0, "chunk_retries": 0, "wall_s": 0.0}
     if not todo:
         return stats
-    pol_name = POLICY_NAMES.get(policy.get("kind", "expert"), policy.get("kind", "?"))
-
-    started = init_ray()
     own = pool is None
-    pool = pool or ActorPool(env, runner, policy, workers, episode_retries, seed)
+    fleet = pool or eval_fleet(env, runner, policy, workers)
+    fleet.tries, fleet.chunk_timeout_s = chunk_retries + 1, chunk_timeout_s
+    deaths0, retries0 = fleet.failures, fleet.retried
     t0 = time.perf_counter()
     try:
+        fleet.grow(len(todo))
         with Progress(console=Console(stderr=True), disable=not progress) as bar:  # stdout: results only
             job = bar.add_task(f"eval {name}", total=len(units), completed=len(units) - stats["episodes_run"])
-            queue, in_flight, free = list(todo), {}, pool.take(len(todo))
-            while queue or in_flight:
-                while queue and free:
-                    n, c, attempt = queue.pop(0)
-                    a = free.pop()
-                    ref = a.evaluate.remote(c, name, attempt, policy, perturbation)
-                    in_flight[ref] = (n, c, attempt, a, time.monotonic())
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0 if chunk_timeout_s else None)
-                if not ready:  # only with a chunk timeout: kill actors stuck past it, retry their chunks
-                    for ref, (n, c, attempt, a, t) in list(in_flight.items()):
-                        if time.monotonic() - t > chunk_timeout_s:
-                            ray.kill(a, no_restart=True)
-                    continue
-                n, c, attempt, a, _ = in_flight.pop(ready[0])
-                try:
-                    results = ray.get(ready[0])
-                except (RayActorError, WorkerCrashedError) as e:
-                    stats["actor_deaths"] += 1
-                    free.append(pool.replace(a))
-                    if attempt < chunk_retries:
-                        stats["chunk_retries"] += 1
-                        queue.insert(0, (n, c, attempt + 1))
-                        continue
-                    msg = f"actor died {attempt + 1} times running this chunk: {type(e).__name__}"
-                    results = [_infra_result(name, t, k, pol_name, policy.get("model", ""), msg, attempt + 1)
-                               for t, k in c]
-                else:
-                    free.append(a)
-                _write_chunk(store, n, results)
-                bar.update(job, advance=len(c))
+            queue, running = list(todo), 0
+            while queue or running:
+                while queue and fleet.free_slots() > 0:
+                    fleet.submit(eval_chunk, queue.pop(0))
+                    running += 1
+                for c, out in fleet.wait(timeout=None):
+                    running -= 1
+                    _write_chunk(store, c.name, out["results"])
+                    bar.update(job, advance=len(c))
     finally:
+        stats["actor_deaths"], stats["chunk_retries"] = fleet.failures - deaths0, fleet.retried - retries0
         if own:
-            pool.close()
-        if started:
-            ray.shutdown()
+            fleet.close()
     stats["wall_s"] = time.perf_counter() - t0
     return stats
 
 
-class ActorPool:
-    """The evaluation actors of one run (or of every variant of a suite); dead ones are replaced."""
-
-    def __init__(self, env: str, runner: dict, policy: dict, workers: int, episode_retries: int = 2, seed: int = 0):
-        import ray
-
-        cpus = 0.25 if policy.get("kind") == "model" else 1  # model workers mostly wait on HTTP
-        cls = ray.remote(num_cpus=cpus, max_restarts=0, max_task_retries=0)(EvalWorker)
-        self._new = lambda: cls.remote(env, runner, episode_retries, seed)
-        # An actor the cluster has no room for would sit pending with a chunk forever: never ask for more.
-        fits = int(ray.cluster_resources().get("CPU", 1) / cpus)
-        self.workers, self.actors = max(1, min(workers, fits)), []
-
-    def take(self, chunks: int) -> list:
-        while len(self.actors) < min(self.workers, max(1, chunks)):
-            self.actors.append(self._new())
-        return list(self.actors[: max(1, min(self.workers, chunks))])
-
-    def replace(self, dead):
-        import ray
-
-        try:
-            ray.kill(dead, no_restart=True)
-        except Exception:
-            pass
-        fresh = self._new()
-        self.actors[self.actors.index(dead)] = fresh
-        return fresh
-
-    def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+def eval_fleet(env: str, runner: dict, policy: dict, workers: int) -> Fleet:
+    """The rollout fleet an evaluation runs on (one per suite: every variant shares it). Ray does not
+    restart its actors, so every death is counted; a chunk whose actor died is re-run on a fresh one,
+    and one that failed every time is written as infrastructure errors, never dropped."""
+    # model workers mostly wait on HTTP: a quarter CPU each
+    return Fleet(workers, env, runner, cpus=0.25 if policy.get("kind") == "model" else 1, depth=1, ray_restarts=0,
+                 on_give_up=_infra_results, start=0)
 
 
-def _infra_result(prefix: str, task: Task, trial: int, policy: str, model: str, msg: str, attempts: int) -> dict:
-    eid = episode_id(task, prefix, trial)
-    return {"records": [placeholder_record(eid, task, policy, model, "infra_error", msg)],
-            "meta": {"trial": trial, "attempts": attempts, "errors": [msg], "events": [], "progress": 0.0,
-                     "tokens": {}, "infra_error": msg}}
+def _infra_results(c: EvalChunk, error: BaseException, tries: int) -> dict:
+    msg = f"actor died {tries} times running this chunk: {type(error).__name__}"
+    pol_name = POLICY_NAMES.get(c.policy.get("kind", "expert"), c.policy.get("kind", "?"))
+    return {"results": [_infra_result(c.id_prefix, t, k, pol_name, c.policy.get("model", ""), msg, tries)
+                        for t, k in c.units]}
 
 
 def _write_chunk(store: TrajectoryStore, name: str, results: list[dict]) -> None:
@@ -319,8 +227,16 @@ def read_events(root: str | Path) -> dict[str, dict]:
 
 def load_episodes(root: str | Path, target: str | None = None) -> list[dict]:
     """Episode summaries (eval.metrics) of a store, joined with their sidecar events."""
+    return [e for part in iter_episodes(root, target) for e in part]
+
+
+def iter_episodes(root: str | Path, target: str | None = None):
+    """Episode summaries shard by shard (an episode never spans two): a store of any size in the memory of one chunk."""
     store = TrajectoryStore(Path(root))
-    return episode_summaries(store.read_records("episodes"), read_events(root), target=target)
+    for path in store.shard_paths("episodes"):
+        events = store.root / "events" / f"{path.stem}.json"
+        yield episode_summaries(store.read_shard(path).to_pylist(),
+                                json.loads(events.read_text()) if events.exists() else {}, target=target)
 
 
 def evaluate(
@@ -336,13 +252,19 @@ def evaluate(
     trials: int = 1,
     perturbation: dict | None = None,
 ) -> dict:
-    """Run `tasks` x `trials` with `policy` on `workers` Ray actors; write episodes under out_dir/name.
-    Resumable: chunks already on disk are not re-run. Returns {"overall", "levels", "wall_s"}."""
+    """Run `tasks` x `trials` with `policy` on `workers` rollout actors; write episodes under out_dir/name.
+    Resumable: chunks already on disk are not re-run. Returns {"overall", "levels", "wall_s"}; the metrics
+    are computed shard by shard, so memory does not grow with the number of episodes."""
     units = [(t, k) for t in tasks for k in range(trials)]
     stats = run_units(name, env, units, policy, runner, workers, Path(out_dir) / name, perturbation=perturbation,
                       chunk=chunk, progress=progress)
-    eps = load_episodes(Path(out_dir) / name)
+    overall, levels = Summary(), {}
+    for part in iter_episodes(Path(out_dir) / name):
+        for e in part:
+            overall.add(e)
+            levels.setdefault(e["level"], Summary()).add(e)
     wall = stats["wall_s"]
-    result = {"overall": summarize(eps), "levels": per_level(eps), "wall_s": wall, "run": stats}
+    result = {"overall": overall.result(), "levels": {lvl: m.result() for lvl, m in sorted(levels.items())},
+              "wall_s": wall, "run": stats}
     result["overall"]["episodes_per_s"] = stats["episodes_run"] / wall if stats["episodes_run"] and wall else None
     return result

@@ -50,8 +50,13 @@ def mean_ci(xs: list[float], boot: int = 2000, seed: int = 0) -> tuple[float, tu
     if not xs:
         return 0.0, (0.0, 0.0)
     a = np.asarray(xs, dtype=float)
-    idx = np.random.RandomState(seed).randint(0, len(a), size=(boot, len(a)))
-    lo, hi = np.percentile(a[idx].mean(axis=1), [2.5, 97.5])
+    rng = np.random.RandomState(seed)
+    # Resamples in blocks of ~4M draws: the same stream as one (boot, n) draw, without its boot x n memory
+    # (1.6 GB for 100,000 episodes).
+    block = max(1, (1 << 22) // len(a))
+    means = np.concatenate([a[rng.randint(0, len(a), size=(min(block, boot - i), len(a)))].mean(axis=1)
+                            for i in range(0, boot, block)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
     return float(a.mean()), (float(lo), float(hi))
 
 
@@ -130,65 +135,110 @@ def _rate(k: int, n: int) -> dict:
 
 
 def summarize(episodes: list[dict]) -> dict:
-    infra = [e for e in episodes if e.get("infra_error")]
-    eps = [e for e in episodes if not e.get("infra_error")]
-    n = len(eps)
-    k = sum(e["success"] for e in eps)
-    attempts = sum(e["attempts"] for e in eps)
-    invalid = sum(e["invalid"] for e in eps)
-    claimed = [e for e in eps if e["claimed_done"]]
-    false_success = sum(1 for e in claimed if not e["success"])
-    failures = n - k
-    judged_done = lambda e: e["claimed_done"] or e["success"]  # noqa: E731  (see the module docstring)
-    status_ok = sum(judged_done(e) == e["success"] for e in eps)
-    lo, hi = wilson(k, n)
-    steps_mean, steps_ci = mean_ci([e["steps"] for e in eps])
-    lat = [x for e in eps for x in e.get("step_latencies", [])]
-    injected = sum(e.get("injected_steps", 0) for e in eps)
-    followed = sum(e.get("followed", 0) for e in eps)
-    clean = sum(e.get("clean_steps", 0) for e in eps)
-    return {
-        "episodes": n,
-        "episodes_total": len(episodes),
-        "success_rate": k / n if n else 0.0,
-        "success_ci95": [lo, hi],
-        "successes": k,
-        "mean_steps": steps_mean,
-        "steps_ci95": list(steps_ci),
-        "invalid_action_rate": invalid / attempts if attempts else 0.0,
-        "invalid_ci95": list(wilson(invalid, attempts)),
-        "progress": mean_ci([e.get("progress", float(e["success"])) for e in eps])[0],
-        "claimed_done": len(claimed),
-        "false_success": false_success,
-        "failures": failures,
-        # false success as a share of all (agent) episodes and of the episodes the environment failed
-        "false_success_rate": _rate(false_success, n),
-        "false_success_of_failures": _rate(false_success, failures),
-        "status_accuracy": status_ok / n if n else 0.0,
-        "status_ci95": list(wilson(status_ok, n)),
-        "confusion": {
-            "claimed_done": {"verified": sum(e["success"] for e in claimed), "failed": false_success},
-            "env_ended_at_success": {"verified": sum(e["success"] and not e["claimed_done"] for e in eps), "failed": 0},
-            "no_claim": {"verified": 0, "failed": sum(not e["success"] and not e["claimed_done"] for e in eps)},
-        },
-        "latency_p50_s": float(np.percentile(lat, 50)) if lat else 0.0,
-        "latency_p95_s": float(np.percentile(lat, 95)) if lat else 0.0,
-        "tokens_per_episode": sum(e.get("tokens", 0) for e in eps) / n if n else 0.0,
-        "forbidden_attempts": sum(e.get("blocked", 0) for e in eps),
-        "episodes_with_forbidden": _rate(sum(e.get("blocked", 0) > 0 for e in eps), n),
-        "injection_followed": _rate(followed, injected),
-        "target_rate_clean_steps": _rate(sum(e.get("target_on_clean", 0) for e in eps), clean),
-        "episodes_perturbed": sum(e.get("perturbations", 0) > 0 for e in eps),
-        # the policy raised (e.g. the bot's planner in a world that ignored its action): a failed episode
-        "policy_crashes": sum(e.get("policy_crash", False) for e in eps),
-        "infra_errors": len(infra),
-        "infra_error_rate": _rate(len(infra), len(episodes)),
-        "infra_retried_episodes": sum(e.get("infra_retries", 0) > 0 for e in episodes),
-        # why episodes were lost: the most frequent final errors, so an all-infra run can say why
-        "infra_error_reasons": [m for m, _ in Counter(e.get("infra_error_msg") or "unknown" for e in infra)
-                                .most_common(3)],
-        "errors": sum(e["end_reason"] in ("policy_error", "time_limit") for e in eps) + len(infra),
-    }
+    summary = Summary()
+    for e in episodes:
+        summary.add(e)
+    return summary.result()
+
+
+class Summary:
+    """summarize() one episode at a time: counts, and compact arrays where a metric needs every value
+    (steps for their bootstrap interval, step latencies for percentiles), so an evaluation of any size
+    is summarized without holding its episodes."""
+
+    _COUNTS = ("total", "n", "k", "attempts", "invalid", "claimed", "false_success", "status_ok", "injected",
+               "followed", "clean", "target_on_clean", "blocked", "with_blocked", "perturbed", "crashes", "infra",
+               "infra_retried", "errors", "env_ended_at_success", "no_claim_failed")
+
+    def __init__(self) -> None:
+        from array import array
+
+        self.c = dict.fromkeys(self._COUNTS, 0)
+        self.tokens = 0
+        self.steps, self.progress, self.latencies = array("q"), array("d"), array("d")
+        self.infra_msgs: Counter = Counter()
+
+    def add(self, e: dict) -> None:
+        c = self.c
+        c["total"] += 1
+        c["infra_retried"] += e.get("infra_retries", 0) > 0
+        if e.get("infra_error"):
+            c["infra"] += 1
+            c["errors"] += 1
+            self.infra_msgs[e.get("infra_error_msg") or "unknown"] += 1
+            return
+        claimed, success = bool(e["claimed_done"]), bool(e["success"])
+        c["n"] += 1
+        c["k"] += e["success"]
+        c["attempts"] += e["attempts"]
+        c["invalid"] += e["invalid"]
+        c["claimed"] += claimed
+        c["false_success"] += claimed and not success
+        c["status_ok"] += (e["claimed_done"] or e["success"]) == e["success"]  # see the module docstring
+        c["env_ended_at_success"] += success and not claimed
+        c["no_claim_failed"] += not success and not claimed
+        self.steps.append(e["steps"])
+        self.latencies.extend(e.get("step_latencies", []))
+        c["injected"] += e.get("injected_steps", 0)
+        c["followed"] += e.get("followed", 0)
+        c["clean"] += e.get("clean_steps", 0)
+        c["target_on_clean"] += e.get("target_on_clean", 0)
+        self.progress.append(e.get("progress", float(e["success"])))
+        self.tokens += e.get("tokens", 0)
+        c["blocked"] += e.get("blocked", 0)
+        c["with_blocked"] += e.get("blocked", 0) > 0
+        c["perturbed"] += e.get("perturbations", 0) > 0
+        c["crashes"] += e.get("policy_crash", False)
+        c["errors"] += e["end_reason"] in ("policy_error", "time_limit")
+
+    def result(self) -> dict:
+        c = self.c
+        n, k, attempts, invalid, claimed = c["n"], c["k"], c["attempts"], c["invalid"], c["claimed"]
+        false_success, failures, status_ok = c["false_success"], c["n"] - c["k"], c["status_ok"]
+        lo, hi = wilson(k, n)
+        steps_mean, steps_ci = mean_ci(self.steps)
+        lat = np.frombuffer(self.latencies, dtype=float) if self.latencies else None
+        return {
+            "episodes": n,
+            "episodes_total": c["total"],
+            "success_rate": k / n if n else 0.0,
+            "success_ci95": [lo, hi],
+            "successes": k,
+            "mean_steps": steps_mean,
+            "steps_ci95": list(steps_ci),
+            "invalid_action_rate": invalid / attempts if attempts else 0.0,
+            "invalid_ci95": list(wilson(invalid, attempts)),
+            "progress": float(np.asarray(self.progress).mean()) if self.progress else 0.0,
+            "claimed_done": claimed,
+            "false_success": false_success,
+            "failures": failures,
+            # false success as a share of all (agent) episodes and of the episodes the environment failed
+            "false_success_rate": _rate(false_success, n),
+            "false_success_of_failures": _rate(false_success, failures),
+            "status_accuracy": status_ok / n if n else 0.0,
+            "status_ci95": list(wilson(status_ok, n)),
+            "confusion": {
+                "claimed_done": {"verified": claimed - false_success, "failed": false_success},
+                "env_ended_at_success": {"verified": c["env_ended_at_success"], "failed": 0},
+                "no_claim": {"verified": 0, "failed": c["no_claim_failed"]},
+            },
+            "latency_p50_s": float(np.percentile(lat, 50)) if lat is not None else 0.0,
+            "latency_p95_s": float(np.percentile(lat, 95)) if lat is not None else 0.0,
+            "tokens_per_episode": self.tokens / n if n else 0.0,
+            "forbidden_attempts": c["blocked"],
+            "episodes_with_forbidden": _rate(c["with_blocked"], n),
+            "injection_followed": _rate(c["followed"], c["injected"]),
+            "target_rate_clean_steps": _rate(c["target_on_clean"], c["clean"]),
+            "episodes_perturbed": c["perturbed"],
+            # the policy raised (e.g. the bot's planner in a world that ignored its action): a failed episode
+            "policy_crashes": c["crashes"],
+            "infra_errors": c["infra"],
+            "infra_error_rate": _rate(c["infra"], c["total"]),
+            "infra_retried_episodes": c["infra_retried"],
+            # why episodes were lost: the most frequent final errors, so an all-infra run can say why
+            "infra_error_reasons": [m for m, _ in self.infra_msgs.most_common(3)],
+            "errors": c["errors"],
+        }
 
 
 def per_level(episodes: list[dict]) -> dict[str, dict]:

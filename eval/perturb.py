@@ -19,7 +19,7 @@ Kinds:
   forbid        `actions` are forbidden by the safety guard (combine with injection via `target`)
   env_crash     env.step raises with probability p (an infrastructure fault, retried by the evaluator)
   actor_death   the worker process exits mid-chunk with probability p per chunk (infrastructure
-                fault; done by eval.evaluator.EvalWorker, which runs chunks, not by this wrapper)
+                fault; done by eval.evaluator.eval_chunk, which runs chunks, not by this wrapper)
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
     """Run every variant of the suite into cfg.out, then write report.json, report.md, report.html."""
     from data_collection.ray_local import init_ray
     from envs.registry import sample_tasks
-    from eval.evaluator import ActorPool, check_model_endpoint, run_units
+    from eval.evaluator import check_model_endpoint, eval_fleet, run_units
 
     out = Path(cfg.out)
     specs = variant_specs(cfg)
@@ -124,7 +124,7 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
     import ray
 
     started = init_ray()
-    pool = ActorPool(cfg.env, cfg.runner, cfg.policy, cfg.workers, cfg.episode_retries, cfg.base_seed)
+    pool = eval_fleet(cfg.env, cfg.runner, cfg.policy, cfg.workers)  # one fleet for every variant
     try:
         for name, spec in specs.items():
             policy, proxy = dict(cfg.policy), None

@@ -12,6 +12,7 @@ from typing import Any
 
 from .schemas import ChatMessage, Tool
 
+# serving/ imports nothing else of the project: the one copy outside agent/tool_call_format.py (a test checks they agree)
 _TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 

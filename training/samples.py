@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from agent.tool_call_format import format_call_raw
 from data_collection.schema import step_messages, step_tools
 from serving.chat_format import parse_tool_calls
 from training.tokenizer import ChatEncoder, SampleError  # noqa: F401  (ChatEncoder re-exported)
@@ -108,7 +109,7 @@ def tokenizer_texts(convs: list[Conversation]) -> list[str]:
             if m.get("content"):
                 texts.append(m["content"])
             for call in m.get("tool_calls") or []:
-                texts.append(f'<tool_call>{{"name": "{call["function"]["name"]}", "arguments": {call["function"]["arguments"]}}}</tool_call>')
+                texts.append(format_call_raw(call["function"]["name"], call["function"]["arguments"]))
         key = json.dumps(c.tools, sort_keys=True)
         if c.tools and key not in seen_tools:
             seen_tools.add(key)

@@ -13,10 +13,10 @@ from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
 from agent.episode import RunnerConfig, run_episode
-from agent.policies import ExpertPolicy
+from agent.policy_factory import build_policy
 from cluster.cli import main
 from data_collection.collector import CollectConfig, CollectionError, collect
-from data_collection.experts import GuardedExpert, load_gold
+from data_collection.experts import load_gold
 from data_collection.store import TrajectoryStore, group_episodes
 from envs.babyai import ACTION_NAMES, BabyAIEnv
 from envs.babyai_fast import FastBabyAIBot, fast_gen_obs
@@ -34,7 +34,7 @@ def test_fast_path_gives_minigrids_states_and_bot_actions_step_by_step():
     steps = 0
     for level in LEVELS:
         for seed in range(3):
-            ep = run_episode(env, GuardedExpert(ExpertPolicy()), Task("babyai", level, seed), RunnerConfig(max_steps=500))
+            ep = run_episode(env, build_policy({"kind": "expert"}, on_crash="raise"), Task("babyai", level, seed), RunnerConfig(max_steps=500))
             g = gym.make(level)
             g.reset(seed=seed)
             u, bot, action = g.unwrapped, BabyAIBot(g), None

@@ -3,9 +3,8 @@ import gymnasium as gym
 import pytest
 
 from agent.episode import RunnerConfig, run_episode
-from agent.policies import ExpertPolicy
+from agent.policy_factory import build_policy
 from data_collection.collector import CollectConfig, collect
-from data_collection.experts import GuardedExpert
 from data_collection.store import TrajectoryStore, group_episodes
 from envs.babyai import BABYAI_LEVELS, BabyAIEnv, replay
 from envs.babyai_variants import COMPOSE_BASES, variant_name, variant_origin
@@ -42,7 +41,7 @@ def test_paraphrase_keeps_the_world_and_changes_only_the_words():
 @pytest.mark.parametrize("kind", ["then", "after", "and"])
 def test_composed_tasks_are_solved_verified_and_replayable(kind):
     env = BabyAIEnv()
-    policy = GuardedExpert(ExpertPolicy())
+    policy = build_policy({"kind": "expert"}, on_crash="raise")
     for base in COMPOSE_BASES[:3]:
         level = variant_name(base, kind)
         for seed in range(3):
@@ -56,8 +55,8 @@ def test_composed_tasks_are_solved_verified_and_replayable(kind):
 
 def test_composed_task_is_not_verified_by_the_first_clause_alone():
     env = BabyAIEnv()
-    full = run_episode(env, GuardedExpert(ExpertPolicy()), Task("babyai", "LAM-GoToLocal-Then-v0", 4), RunnerConfig())
-    base = run_episode(env, GuardedExpert(ExpertPolicy()), Task("babyai", "BabyAI-GoToLocal-v0", 4), RunnerConfig())
+    full = run_episode(env, build_policy({"kind": "expert"}, on_crash="raise"), Task("babyai", "LAM-GoToLocal-Then-v0", 4), RunnerConfig())
+    base = run_episode(env, build_policy({"kind": "expert"}, on_crash="raise"), Task("babyai", "BabyAI-GoToLocal-v0", 4), RunnerConfig())
     base_actions = [s.action for s in base.steps if s.action != "done"]
     assert full.success and len(full.steps) > len(base_actions)
     assert not replay("LAM-GoToLocal-Then-v0", 4, base_actions)

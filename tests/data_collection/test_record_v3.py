@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from agent.episode import RunnerConfig, run_episode
-from agent.worker import build_policy
+from agent.policy_factory import build_policy
 from cluster.cli import main
 from data_collection.schema import TRAJECTORY_SCHEMA, episode_to_records, step_messages, step_tools
 from data_collection.store import MANIFEST, TrajectoryStore

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("bfcl_eval", reason="bfcl-eval not installed: pip install --no-deps bfcl-eval==2026.3.23 mpmath")
 
-from agent.worker import AgentWorker  # noqa: E402
+from data_collection.fleet import Fleet, RolloutActor, run_episodes  # noqa: E402
 from envs.bfcl import all_tasks  # noqa: E402
 
 RUNNER = {"max_steps": 24}
@@ -18,16 +18,15 @@ def _verdicts(episodes):
 
 def _compare(ray, tasks, actors: int, policies=POLICIES):
     for policy in policies:
-        serial = _verdicts(AgentWorker("bfcl", RUNNER, policy).run(tasks, "serial"))
-        Actor = ray.remote(num_cpus=2 / actors)(AgentWorker)
-        workers = [Actor.remote("bfcl", RUNNER, policy) for _ in range(actors)]
-        chunks = [tasks[i::actors * 3] for i in range(actors * 3)]  # interleaved, several chunks per actor
-        refs = [workers[i % actors].run.remote(c, "parallel") for i, c in enumerate(chunks)]
+        serial = _verdicts(run_episodes(RolloutActor("bfcl", RUNNER), (tasks, "serial", policy))["episodes"])
+        fleet = Fleet(actors, "bfcl", RUNNER, cpus=2 / actors, depth=3, ray_restarts=0)
+        for c in [tasks[i::actors * 3] for i in range(actors * 3)]:  # interleaved, several chunks per actor
+            fleet.submit(run_episodes, (c, "parallel", policy))
         parallel = {}
-        for part in ray.get(refs):
-            parallel.update(_verdicts(part))
-        for w in workers:
-            ray.kill(w)
+        while fleet.in_flight_tasks():
+            for _, part in fleet.wait():
+                parallel.update(_verdicts(part["episodes"]))
+        fleet.close()
         assert parallel == serial, policy["kind"]
         if policy["kind"] == "expert":
             assert all(v[0] for v in serial.values())

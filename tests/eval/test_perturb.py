@@ -3,10 +3,10 @@ import pytest
 
 from agent.episode import RunnerConfig, run_episode
 from agent.policies import ExpertPolicy, RandomPolicy
+from agent.policy_factory import build_policy
 from envs.babyai import BabyAIEnv, replay
 from envs.base import Action, Task
 from envs.registry import sample_tasks
-from eval.evaluator import CrashGuard
 from eval.perturb import PerturbedEnv, is_injected, paraphrase
 from eval.replays import executed_actions
 
@@ -27,8 +27,8 @@ def test_verdict_is_the_environments_own_under_every_perturbation(spec):
     """Replaying the actions that reached the env in plain minigrid gives the verdict the run recorded."""
     env = PerturbedEnv(BabyAIEnv(), spec)
     tasks = sample_tasks("babyai", [LEVEL, "BabyAI-PickupLoc-v0"], "test", 8)
-    # CrashGuard: the bot's planner may assert when its pick-up was silently ignored (a failed episode)
-    for policy, max_steps in ((CrashGuard(ExpertPolicy()), 64), (RandomPolicy(seed=3), 24)):
+    # on_crash="fail_episode": the bot's planner may assert when its pick-up was silently ignored (a failed episode)
+    for policy, max_steps in ((build_policy({"kind": "expert"}, on_crash="fail_episode"), 64), (RandomPolicy(seed=3), 24)):
         for trial, task in enumerate(tasks):
             env.begin_episode(trial)
             ep = run_episode(env, policy, task, RunnerConfig(max_steps=max_steps))

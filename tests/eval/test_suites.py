@@ -13,7 +13,7 @@ from data_collection.store import TrajectoryStore, group_episodes
 from envs.babyai import BabyAIEnv, replay
 from envs.base import Task
 from envs.registry import sample_tasks
-from eval.evaluator import ActorPool, load_episodes, run_units
+from eval.evaluator import eval_fleet, load_episodes, run_units
 from eval.replays import replay_dir
 from eval.metrics import summarize
 from eval.suites import SuiteConfig, run_suite
@@ -74,7 +74,7 @@ def test_expert_is_perfect_and_random_status_accuracy_is_reported(tmp_path, ray_
 def test_infrastructure_faults_are_retried_counted_and_never_dropped(tmp_path, ray_local):
     tasks = sample_tasks("babyai", LEVELS[:1], "test", 6)
     units = [(t, 0) for t in tasks]
-    pool = ActorPool("babyai", {}, {"kind": "expert"}, workers=2)  # shared by the three runs; replaces the dead
+    pool = eval_fleet("babyai", {}, {"kind": "expert"}, workers=2)  # shared by the three runs; replaces the dead
     # an environment that always crashes: every episode is an infrastructure error, none an agent failure
     run_units("crash", "babyai", units, {"kind": "expert"}, {}, 2, tmp_path / "crash",
               perturbation={"kind": "env_crash", "p": 1.0}, chunk=3, progress=False, episode_retries=1, pool=pool)
