@@ -205,6 +205,14 @@ def _infra_results(c: EvalChunk, error: BaseException, tries: int) -> dict:
                         for t, k in c.units]}
 
 
+def _infra_result(prefix: str, task: Task, trial: int, policy: str, model: str, msg: str, attempts: int) -> dict:
+    """An episode the infrastructure never let run (its chunk's actor died every time): counted, not dropped."""
+    eid = episode_id(task, prefix, trial)
+    return {"records": [placeholder_record(eid, task, policy, model, "infra_error", msg)],
+            "meta": {"trial": trial, "attempts": attempts, "errors": [msg], "events": [], "progress": 0.0,
+                     "tokens": {}, "infra_error": msg}}
+
+
 def _write_chunk(store: TrajectoryStore, name: str, results: list[dict]) -> None:
     # The sidecar first: a shard listed in the manifest always has its events on disk.
     meta = {r["records"][0]["episode_id"]: r["meta"] for r in results}
