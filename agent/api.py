@@ -25,8 +25,9 @@ import os
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from agent.runner_config import RunnerConfig
 from agent.sessions import TERMINAL, ApiError, SessionManager, SessionStore
 
 
@@ -34,17 +35,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Limits(_Strict):
-    max_steps: int | None = Field(None, ge=1, le=100_000)
-    time_limit_s: float | None = Field(None, gt=0)
-    max_retries: int | None = Field(None, ge=0, le=10)
+# The request splits RunnerConfig (agent/runner_config.py) in two objects, each field optional (absent or
+# null: the runner's default), and bounds what a public caller may ask for (internal runs are not capped):
+# so these are subsets derived from RunnerConfig's fields, not copies of them.
+LIMITS = {"max_steps": {"ge": 1, "le": 100_000}, "time_limit_s": {"gt": 0}, "max_retries": {"ge": 0, "le": 10}}
+OPTION_BOUNDS = {"history_window": {"ge": 0}}
 
 
-class RunnerOptions(_Strict):
-    history_window: int | None = Field(None, ge=0)
-    memory: dict[str, Any] | None = None
-    safety: dict[str, Literal["allowed", "confirm", "forbidden"]] | None = None
-    confirm: Literal["approve", "deny"] | None = None
+def _optional(names, bounds: dict) -> dict:
+    return {n: (RunnerConfig.model_fields[n].annotation | None, Field(None, **bounds.get(n, {}))) for n in names}
+
+
+Limits = create_model("Limits", __base__=_Strict, **_optional(LIMITS, LIMITS))
+RunnerOptions = create_model("RunnerOptions", __base__=_Strict,  # every runner setting that is not a limit
+                             **_optional([n for n in RunnerConfig.model_fields if n not in LIMITS], OPTION_BOUNDS))
 
 
 class CreateSession(_Strict):

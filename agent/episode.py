@@ -27,22 +27,9 @@ from agent.conversation import conversation_for, output_text
 from agent.grounding import Grounding, ground
 from agent.memory import Memory, MemoryConfig, with_memory
 from agent.policies import EpisodeTimeout, Policy, PolicyError, PolicyOutput, tool_call
+from agent.runner_config import RunnerConfig  # defined there; imported from here too (public path)
 from agent.safety import SafetyGuard
 from envs.base import ActionSpace, Environment, StepResult, Task, action_space_of
-
-
-@dataclass
-class RunnerConfig:
-    max_steps: int = 64
-    max_retries: int = 2  # extra tries after unparseable/invalid output, with feedback
-    history_window: int = 8
-    time_limit_s: float | None = None  # wall-clock limit per episode (the bot can loop forever)
-    # {"short_term_k": k, "long_term_k": k, "store_path": ...} (agent/memory.py). Off by default, so
-    # prompts stay byte-identical to the ones training rendered.
-    memory: dict = field(default_factory=dict)
-    # safety levels per action name or per env class, e.g. {"rm": "forbidden", "confirm": "forbidden"}
-    safety: dict = field(default_factory=dict)
-    confirm: str = "approve"  # what 'confirm' actions get without a person: "approve" | "deny"
 
 
 def episode_id(task: Task, prefix: str = "", trial: int | None = None) -> str:

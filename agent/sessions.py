@@ -194,7 +194,7 @@ class SessionManager:
         now = time.time()
         public_policy = {k: v for k, v in policy_spec.items() if k != "api_key"}
         self.store.insert({"id": sid, "api_key": key, "env": req["env"], "task": asdict(task), "policy": public_policy,
-                           "runner": asdict(runner_cfg), "status": "idle", "created": now, "updated": now})
+                           "runner": runner_cfg.model_dump(), "status": "idle", "created": now, "updated": now})
         with self._lock:
             self.live[sid] = LiveSession(sid, key, runner)
         if req.get("run", True):

@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from data_collection.collect_config import CollectConfig, known_env
-from data_collection.overrides import apply_overrides
+from data_collection.overrides import apply_overrides, read_yaml
 from training.dpo import DPOConfig
 from training.train import TrainConfig
 
@@ -146,15 +145,7 @@ def _one_line(e: ValidationError, path: str) -> str:
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = read_yaml(path, error=ConfigError)
     apply_overrides(raw, overrides or [], form="section.key=value", error=ConfigError)
     try:
         cfg = PipelineConfig(**raw)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from agent.runner_config import RunnerConfig, wire
 from cluster.config import PIPELINE_COLLECT_KEYS, ConfigError, PipelineConfig, ensure_writable
 from data_collection.atomic_file import write_atomic
 from data_collection.collect_config import CollectConfig
@@ -75,10 +76,10 @@ def _stage(stages: _Stages, plan: dict, name: str, fn) -> dict:
     return info
 
 
-def _runner(cfg: PipelineConfig) -> dict:
+def _runner(cfg: PipelineConfig) -> RunnerConfig:
     e = cfg.eval
-    return {"max_steps": e.max_steps, "max_retries": e.max_retries, "history_window": cfg.train.history_window,
-            "time_limit_s": 120.0}
+    return RunnerConfig(max_steps=e.max_steps, max_retries=e.max_retries, history_window=cfg.train.history_window,
+                        time_limit_s=120.0)
 
 
 def _model_name(cfg: PipelineConfig, phase: str) -> str:
@@ -309,7 +310,7 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
 
             return _with_server(cfg, export, lambda url: collect_attempts(
                 boost_dir / "data", c.env, boost_tasks, b.trials,
-                lambda t: _model_policy(url, b.temperature, cfg.seed + 1000 + t), runner, b.workers))
+                lambda t: _model_policy(url, b.temperature, cfg.seed + 1000 + t), wire(runner), b.workers))
 
         info = _stage(stages, plan, "self_boost_attempts", attempts)
         wall["self_boost_attempts"] = info["wall_s"]
@@ -346,7 +347,7 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
     for x in e.also:
         name = _also_name(cfg, x)
         x_tasks = sample_tasks(x.env, x.levels, "test", x.episodes * len(x.levels), base_seed=x.base_seed)
-        x_runner = {**runner, "max_steps": x.max_steps or e.max_steps}
+        x_runner = runner.model_copy(update={"max_steps": x.max_steps or e.max_steps})
         out = _stage(stages, plan, _also_stage(x), lambda x=x, name=name, x_tasks=x_tasks, x_runner=x_runner:
                      _with_server(cfg, export, lambda url: evaluate(
                          name, x.env, x_tasks, _model_policy(url, e.temperature, cfg.seed), x_runner, e.workers,

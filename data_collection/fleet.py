@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from agent.episode import RunnerConfig
+from agent.runner_config import wire
 from envs.registry import make_env
 
 RESTARTS = 3  # per actor, by Ray, for fleets that let Ray restart actors (collection)
@@ -118,11 +119,11 @@ class _Job:
 class Fleet:
     """Up to `workers` Ray actors (`start` of them now, more on `grow`) with up to `depth` chunks in flight each."""
 
-    def __init__(self, workers: int, env: str, runner: dict, *, cpus: float = 1.0, depth: int = 2,
+    def __init__(self, workers: int, env: str, runner: RunnerConfig | dict, *, cpus: float = 1.0, depth: int = 2,
                  niceness: int | None = None, setup=None, ray_restarts: int = RESTARTS, tries: int = BATCH_TRIES,
                  chunk_timeout_s: float | None = None, on_give_up=_give_up, start: int | None = None) -> None:
         niceness = os.getpriority(os.PRIO_PROCESS, 0) if niceness is None else niceness
-        self.args = (env, runner, niceness, setup)
+        self.args = (env, wire(runner), niceness, setup)  # the settings cross Ray as a dict
         self.depth, self.tries, self.chunk_timeout_s, self.on_give_up = depth, tries, chunk_timeout_s, on_give_up
         self.restarts = self.replaced = self.retried = self.failures = 0
         self._done: list[tuple] = []

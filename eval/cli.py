@@ -11,6 +11,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used, so `lam eval --help` stays quick
+    from agent.runner_config import RunnerConfig
 
 
 def add_args(s: argparse.ArgumentParser) -> None:
@@ -46,6 +50,7 @@ def add_args(s: argparse.ArgumentParser) -> None:
 
 
 def main(a) -> int:
+    from agent.runner_config import RunnerConfig, wire
     from envs.registry import sample_tasks
     from eval.evaluator import check_model_endpoint
 
@@ -81,15 +86,15 @@ def main(a) -> int:
         check_model_endpoint(policy)  # a dead URL or a wrong --model: one line now, before any Ray work
     else:
         policy = {"kind": a.policy, "seed": a.seed}
-    runner = {"max_steps": a.max_steps, "history_window": a.history_window}
+    runner = RunnerConfig(max_steps=a.max_steps, history_window=a.history_window)
     if a.suite is None:  # the original single-policy evaluation, as the pipeline runs it
         return _plain(a, levels, policy, runner)
     from eval.report import print_suite_summary
     from eval.suites import SuiteConfig, run_suite
 
-    runner["time_limit_s"] = a.time_limit_s or 60.0
+    runner.time_limit_s = a.time_limit_s or 60.0  # the suite's report and fingerprints hold the dict form
     cfg = SuiteConfig(suite=a.suite, env=a.env, levels=levels, episodes=a.episodes, trials=a.trials, policy=policy,
-                      runner=runner, workers=a.workers, out=a.out or f"runs/eval-{a.suite}", base_seed=a.base_seed,
+                      runner=wire(runner), workers=a.workers, out=a.out or f"runs/eval-{a.suite}", base_seed=a.base_seed,
                       variants=a.variants.split(",") if a.variants else None, p=a.p)
     report = run_suite(cfg, resume=a.resume, html=not a.no_html)
     print_suite_summary([(Path(cfg.out), report)])
@@ -99,9 +104,10 @@ def main(a) -> int:
     return 1 if report["failures"] else 0
 
 
-def _plain(a, levels: list[str], policy: dict, runner: dict) -> int:
+def _plain(a, levels: list[str], policy: dict, runner: RunnerConfig) -> int:
     import time
 
+    from agent.runner_config import wire
     from envs.registry import sample_tasks
     from eval.evaluator import evaluate
     from eval.report import print_eval_summary, write_eval_report
@@ -109,9 +115,9 @@ def _plain(a, levels: list[str], policy: dict, runner: dict) -> int:
     out = Path(a.out or time.strftime("runs/eval-%Y%m%d-%H%M%S"))  # a fresh default: never resumes a stale run
     tasks = sample_tasks(a.env, levels, "test", a.episodes * len(levels), base_seed=a.base_seed)
     if a.time_limit_s:
-        runner["time_limit_s"] = a.time_limit_s
+        runner.time_limit_s = a.time_limit_s  # set (and so in the fingerprint) only when given
     result = evaluate(a.policy, a.env, tasks, policy, runner, a.workers, out, trials=a.trials)
-    config = {"env": a.env, "levels": levels, "episodes": a.episodes, "trials": a.trials, "runner": runner,
+    config = {"env": a.env, "levels": levels, "episodes": a.episodes, "trials": a.trials, "runner": wire(runner),
               "base_seed": a.base_seed, "policy": {k: v for k, v in policy.items() if k not in ("api_key", "base_url")}}
     report = write_eval_report(out, a.policy, result, config)
     if a.json:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.episode import episode_id, run_episode
+from agent.runner_config import RunnerConfig, wire
 from data_collection.atomic_file import write_atomic
 from agent.policy_factory import build_policy
 from data_collection.experts import check_model_endpoint  # noqa: F401  (re-exported: lam eval and the suites check first)
@@ -137,8 +138,8 @@ def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: 
             "chunk": chunk, "units": len(units), "first": tasks[:1], "last": tasks[-1:]}
 
 
-def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, workers: int,
-              root: str | Path, *, perturbation: dict | None = None, chunk: int = 8, progress: bool = True,
+def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, runner: RunnerConfig | dict,
+              workers: int, root: str | Path, *, perturbation: dict | None = None, chunk: int = 8, progress: bool = True,
               episode_retries: int = 2, chunk_retries: int = 2, chunk_timeout_s: float | None = None,
               seed: int = 0, pool: Fleet | None = None) -> dict:
     """Run every (task, trial) in `units` on `workers` rollout actors into the store at `root`, one shard
@@ -150,6 +151,7 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     store = TrajectoryStore(Path(root))
     store.root.mkdir(parents=True, exist_ok=True)
     manifest = store.manifest()
+    runner = wire(runner)  # the fingerprint holds the fields set, as it always has: old runs still resume
     fp = _fingerprint(env, units, policy, runner, perturbation, chunk)
     old = manifest["meta"].get("fingerprint")
     if manifest["shards"] and old is not None and old != fp:
@@ -189,12 +191,12 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     return stats
 
 
-def eval_fleet(env: str, runner: dict, policy: dict, workers: int) -> Fleet:
+def eval_fleet(env: str, runner: RunnerConfig | dict, policy: dict, workers: int) -> Fleet:
     """The rollout fleet an evaluation runs on (one per suite: every variant shares it). Ray does not
     restart its actors, so every death is counted; a chunk whose actor died is re-run on a fresh one,
     and one that failed every time is written as infrastructure errors, never dropped."""
     # model workers mostly wait on HTTP: a quarter CPU each
-    return Fleet(workers, env, runner, cpus=0.25 if policy.get("kind") == "model" else 1, depth=1, ray_restarts=0,
+    return Fleet(workers, env, wire(runner), cpus=0.25 if policy.get("kind") == "model" else 1, depth=1, ray_restarts=0,
                  on_give_up=_infra_results, start=0)
 
 
@@ -252,7 +254,7 @@ def evaluate(
     env: str,
     tasks: list[Task],
     policy: dict,
-    runner: dict,
+    runner: RunnerConfig | dict,
     workers: int,
     out_dir: str | Path,
     chunk: int = 8,

@@ -146,14 +146,12 @@ class _RecordedActionFail(PerturbedEnv):
 
 def _rerun(spec, ep: list[StepRow], meta: dict, setup: dict) -> bool:
     """Recorded actions through the episode runner, as the evaluation ran them (settings from `setup`)."""
-    from dataclasses import fields
-
     from agent.episode import RunnerConfig, run_episode
     from agent.policies import ScriptedPolicy
 
     r0 = ep[0]
     task = Task(env=r0.env, level=r0.level, seed=r0.seed, split=r0.split)
-    known = {f.name for f in fields(RunnerConfig)} - {"time_limit_s", "memory"}  # replay has no clock, no memory
+    known = set(RunnerConfig.model_fields) - {"time_limit_s", "memory"}  # replay has no clock, no memory
     runner = RunnerConfig(**{k: v for k, v in (setup.get("runner") or {}).items() if k in known})
     perturbation = setup.get("perturbation") or {"kind": "none"}
     env = spec.factory()

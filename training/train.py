@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data_collection.overrides import apply_overrides
+from data_collection.overrides import apply_overrides, read_yaml
 from training.lora import LoraSettings
 
 
@@ -75,13 +75,9 @@ class TrainConfig(BaseModel):
 def read_config(path: str | None, overrides: list[str], section: str = "train") -> dict:
     """YAML (its `section` if it has one, as a pipeline config does) plus key=value overrides;
     a dotted key sets a nested one: lora.r=16."""
-    import yaml
-
     raw: dict = {}
     if path:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_yaml(path)
         raw = raw.get(section, raw) or {}
     return apply_overrides(raw, overrides)
 
