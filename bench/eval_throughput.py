@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 def plain_loop(env_name: str, tasks, policy_spec: dict, runner: dict, out: Path, chunk: int) -> dict:
     from agent.episode import RunnerConfig, episode_id, run_episode
     from agent.policy_factory import build_policy
-    from data_collection.schema import episode_to_records
+    from data_collection.schema import episode_rows
     from data_collection.store import TrajectoryStore
     from envs.registry import make_env
 
@@ -39,7 +39,7 @@ def plain_loop(env_name: str, tasks, policy_spec: dict, runner: dict, out: Path,
     for i, t in enumerate(tasks):
         ep = run_episode(env, policy, t, cfg, episode_id=episode_id(t, "plain", 0))
         ok += ep.success
-        rows += episode_to_records(ep)
+        rows += episode_rows(ep)
         if (i + 1) % chunk == 0 or i + 1 == len(tasks):
             store.write_shard("episodes", f"chunk-{i // chunk:05d}", rows)
             rows = []

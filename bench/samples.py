@@ -25,11 +25,12 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=2048)
     a = p.parse_args()
 
-    from data_collection.store import TrajectoryStore, group_episodes
+    from data_collection.schema import group_steps
+    from data_collection.store import TrajectoryStore
     from training.samples import build_samples, episode_conversations, tokenizer_texts
     from training.tokenizer import ChatEncoder, train_tokenizer
 
-    episodes = group_episodes(TrajectoryStore(Path(a.data)).read_records("train"))[: a.episodes]
+    episodes = group_steps(TrajectoryStore(Path(a.data)).read_rows("train"))[: a.episodes]
     convs = episode_conversations(episodes)
     style = "words" if any(c.tools for c in convs) else "phrases"
     tok = train_tokenizer(tokenizer_texts(convs), vocab_size=a.vocab_size, style=style)

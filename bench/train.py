@@ -34,14 +34,15 @@ def main() -> None:
     import deepspeed
     import torch
 
-    from data_collection.store import TrajectoryStore, group_episodes
+    from data_collection.schema import group_steps
+    from data_collection.store import TrajectoryStore
     from training.model import ActionLoss, build_model
     from training.samples import build_samples, collate, episode_conversations, make_batches, tokenizer_texts
     from training.tokenizer import ChatEncoder, train_tokenizer
     from training.zero_config import deepspeed_config
 
     torch.set_num_threads(a.threads)
-    eps = group_episodes(TrajectoryStore(Path(a.data)).read_records("train"))[:3000]
+    eps = group_steps(TrajectoryStore(Path(a.data)).read_rows("train"))[:3000]
     convs = episode_conversations(eps)
     tok = train_tokenizer(tokenizer_texts(convs), vocab_size=2048)
     samples = build_samples(convs, ChatEncoder(tok), 1024)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from agent.episode import episode_id, run_episode
 from data_collection.experts import build_collect_policy
-from data_collection.schema import episode_to_records, records_to_table
+from data_collection.schema import StepRow, episode_rows, rows_table
 from envs.base import Task
 
 # Episodes in a row that a model policy's server failed (each after its own retries): the server is
@@ -32,7 +32,7 @@ def collect_batch(actor, batch: list[tuple[int, Task]], attempt: int = 0, *, pol
     several attempts at one task apart (self-improvement trials)."""
     pol = prepare(actor, policy)
     uses_server = policy.get("kind") == "model"  # its policy_error means the server failed
-    rows: list[dict] = []
+    rows: list[StepRow] = []
     outcomes = []
     streak = 0
     for index, task in batch:
@@ -46,13 +46,13 @@ def collect_batch(actor, batch: list[tuple[int, Task]], attempt: int = 0, *, pol
             streak = 0
             continue
         origin = actor.env.variant_info() if hasattr(actor.env, "variant_info") else None
-        recs = episode_to_records(ep, model=provenance["model"], origin=origin,
-                                  version=provenance["code_version"]) if ep.steps else []
+        recs = episode_rows(ep, model=provenance["model"], origin=origin,
+                            version=provenance["code_version"]) if ep.steps else []
         rows.extend(recs)
         outcomes.append({
             **out, "rows": len(recs), "steps": len(ep.steps), "success": ep.success, "end_reason": ep.end_reason,
-            "hash": recs[0]["episode_hash"] if recs else "", "error": ep.error,
+            "hash": recs[0].episode_hash if recs else "", "error": ep.error,
             "server_failed": uses_server and ep.end_reason == "policy_error",
         })
         streak = streak + 1 if outcomes[-1]["server_failed"] else 0
-    return {"outcomes": outcomes, "table": records_to_table(rows)}
+    return {"outcomes": outcomes, "table": rows_table(rows)}

@@ -33,14 +33,15 @@ def load_gold(path: str | Path) -> dict[str, list[str]]:
     if path.is_dir():
         import pyarrow.parquet as pq
 
+        from data_collection.schema import table_rows
+
         files = sorted((path / "train").glob("*.parquet"))
         if not files:
             raise FileNotFoundError(f"no train/*.parquet in {path}: not a lam dataset to replay")
         steps: dict[str, list[tuple[int, str]]] = {}
         for f in files:
-            t = pq.read_table(f, columns=["task_id", "step", "action"]).to_pydict()
-            for tid, step, action in zip(t["task_id"], t["step"], t["action"]):
-                steps.setdefault(tid, []).append((step, action))
+            for r in table_rows(pq.read_table(f, columns=["task_id", "step", "action"])):
+                steps.setdefault(r.task_id, []).append((r.step, r.action))
         return {tid: [a for _, a in sorted(v)] for tid, v in steps.items()}
     if not path.exists():
         raise FileNotFoundError(f"gold file {path} does not exist")

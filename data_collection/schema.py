@@ -161,20 +161,12 @@ def rows_table(rows: Iterable[StepRow]) -> pa.Table:
     return pa.table({n: [getattr(r, n) for r in rows] for n in FIELD_NAMES}, schema=TRAJECTORY_SCHEMA)
 
 
-def as_rows(records: Iterable[StepRow | dict]) -> list[StepRow]:
-    """StepRows from rows or dicts. Issue 18: readers not yet switched to StepRow (training/, cluster/,
-    the fleet, the evaluator, tests) still pass `read_records` / `episode_to_records` dicts; delete this
-    and those two once none do."""
-    return [r if isinstance(r, StepRow) else StepRow(**r) for r in records]
-
-
 def group_steps(rows: Iterable[StepRow]) -> list[list[StepRow]]:
     """Rows grouped per episode, each sorted by step, in first-seen order."""
     by_id: dict[str, list[StepRow]] = {}
     for r in rows:
         by_id.setdefault(r.episode_id, []).append(r)
     return [sorted(v, key=lambda r: r.step) for v in by_id.values()]
-
 
 
 @lru_cache(maxsize=1)
@@ -247,25 +239,3 @@ def episode_rows(
         )
         for i, s in enumerate(ep.steps)
     ]
-
-
-def episode_to_records(
-    ep: Episode, model: str = "", created_at: float | None = None, origin: dict | None = None, version: str | None = None
-) -> list[dict]:
-    """episode_rows as dicts, for writers not yet switched to StepRow (issue 18; see as_rows)."""
-    return [r.to_dict() for r in episode_rows(ep, model, created_at, origin, version)]
-
-
-def step_messages(row: dict) -> list[dict]:
-    """StepRow.chat_messages of a dict row (issue 18: until training/samples.py reads StepRows)."""
-    return json.loads(row["messages"]) if row.get("messages") else []
-
-
-def step_tools(row: dict) -> list[dict]:
-    """StepRow.chat_tools of a dict row (issue 18: until training/samples.py reads StepRows)."""
-    return json.loads(row["tools"]) if row.get("tools") else []
-
-
-def records_to_table(records: list[dict]) -> pa.Table:
-    """Dict rows as a table (issue 18: for writers not yet switched to StepRow; see rows_table)."""
-    return pa.Table.from_pylist(records, schema=TRAJECTORY_SCHEMA)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_collection.atomic_file import write_atomic
-from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, StepRow, records_to_table, rows_table, table_rows
+from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, StepRow, rows_table, table_rows
 
 MANIFEST = "manifest.json"
 ZSTD_LEVEL = 9
@@ -108,13 +108,13 @@ class TrajectoryStore:
         self._save_manifest(m)
 
     # -- writing -----------------------------------------------------------------------
-    def write_shard(self, subset: str, name: str, records: list[StepRow] | list[dict] | pa.Table,
+    def write_shard(self, subset: str, name: str, records: list[StepRow] | pa.Table,
                     info: dict | None = None) -> Path:
         """Write one shard atomically, then record it in the manifest."""
         return self.write_group(name, {subset: records}, {subset: info or {}})[subset]
 
     def write_group(
-        self, name: str, parts: dict[str, list[StepRow] | list[dict] | pa.Table], infos: dict[str, dict],
+        self, name: str, parts: dict[str, list[StepRow] | pa.Table], infos: dict[str, dict],
         ledger: dict | None = None
     ) -> dict[str, Path]:
         """Write `<subset>/<name>.parquet` for every non-empty part, then list them all, and the
@@ -229,20 +229,16 @@ class TrajectoryStore:
         return table_rows(self.read(subset))
 
     def read_records(self, subset: str | None = None) -> list[dict]:
-        """read_rows as dicts (issue 18: until training/, cluster/, the evaluator and tests read StepRows)."""
+        """read_rows as dicts: the tests' dict view (production code reads StepRows)."""
         return self.read(subset).to_pylist()
 
 
-def _table(rows: list[StepRow] | list[dict] | pa.Table) -> pa.Table:
-    if isinstance(rows, pa.Table):
-        return rows
-    if rows and isinstance(rows[0], StepRow):
-        return rows_table(rows)
-    return records_to_table(rows)  # dict rows of writers not yet switched to StepRow (issue 18)
+def _table(rows: list[StepRow] | pa.Table) -> pa.Table:
+    return rows if isinstance(rows, pa.Table) else rows_table(rows)
 
 
 def group_episodes(records: list[dict]) -> list[list[dict]]:
-    """schema.group_steps for dict rows (issue 18: until every reader of read_records reads StepRows)."""
+    """schema.group_steps for read_records' dicts: the tests' dict view (production code uses group_steps)."""
     by_id: dict[str, list[dict]] = {}
     for r in records:
         by_id.setdefault(r["episode_id"], []).append(r)

@@ -28,7 +28,7 @@ from data_collection.atomic_file import write_atomic
 from agent.policy_factory import build_policy
 from data_collection.experts import check_model_endpoint  # noqa: F401  (re-exported: lam eval and the suites check first)
 from data_collection.fleet import Fleet
-from data_collection.schema import SCHEMA_VERSION, TRAJECTORY_SCHEMA, code_version, episode_to_records
+from data_collection.schema import StepRow, code_version, episode_rows, table_rows
 from data_collection.store import TrajectoryStore
 from envs.base import Task
 from eval.metrics import Summary, episode_summaries
@@ -38,24 +38,13 @@ TRIAL_SEED_STRIDE = 1_000_003  # trial k runs the policy with seed + k * stride:
 POLICY_NAMES = {"expert": "expert", "random": "random", "prefix-expert": "prefix-expert", "model": "model"}
 
 
-def placeholder_record(eid: str, task: Task, policy: str, model: str, end_reason: str, error: str = "") -> dict:
+def placeholder_row(eid: str, task: Task, policy: str, model: str, end_reason: str, error: str = "") -> StepRow:
     """The one row of an episode that took no step (crashed at reset, timed out in the expert's
     setup, or failed on infrastructure): step -1, so it is counted but has no action to replay.
-    Built from the schema, so it stays valid when columns are added."""
-    import pyarrow as pa
-
-    defaults = {pa.types.is_string: "", pa.types.is_boolean: False, pa.types.is_integer: 0, pa.types.is_floating: 0.0}
-    row = {f.name: next((v for test, v in defaults.items() if test(f.type)), None) for f in TRAJECTORY_SCHEMA}
-    row.update({
-        "episode_id": eid, "step": -1, "env": task.env, "level": task.level, "task_id": task.task_id,
-        "split": task.split, "seed": task.seed, "done": True, "end_reason": end_reason, "policy": policy,
-        "model": model, "code_version": code_version(), "created_at": time.time(), "schema_version": SCHEMA_VERSION,
-    })
-    if "base_level" in row:
-        row["base_level"] = task.level
-    if "error" in row:
-        row["error"] = error[:500]
-    return row
+    Every other column keeps its empty value ("", 0, False)."""
+    return StepRow(episode_id=eid, step=-1, env=task.env, level=task.level, task_id=task.task_id, split=task.split,
+                   seed=task.seed, valid=False, done=True, end_reason=end_reason, policy=policy, model=model,
+                   code_version=code_version(), created_at=time.time(), base_level=task.level, error=error[:500])
 
 
 @dataclass
@@ -75,7 +64,7 @@ class EvalChunk:
 
 
 def eval_chunk(actor, c: EvalChunk, attempt: int = 0) -> dict:
-    """[(task, trial)] -> {"results": [{"records": [...], "meta": {...}}]}, one per unit, in order. One actor
+    """[(task, trial)] -> {"results": [{"rows": [StepRow...], "meta": {...}}]}, one per unit, in order. One actor
     serves every variant of a suite: policies are built once per (spec, trial), environments per perturbation."""
     key = json.dumps(c.perturbation or {}, sort_keys=True)
     env = actor.cached(("perturbed", key), lambda: PerturbedEnv(actor.env, c.perturbation, seed=c.seed))
@@ -118,15 +107,15 @@ def _run_one(actor, env: PerturbedEnv, task: Task, trial: int, c: EvalChunk, chu
             continue
         tokens = {k: v - tokens0.get(k, 0) for k, v in policy.usage.items()}
         origin = getattr(env, "variant_info", None)  # mission variants (envs/babyai_variants.py)
-        records = (episode_to_records(ep, model=model, **({"origin": origin()} if origin else {})) if ep.steps
-                   else [placeholder_record(eid, task, policy.name, model, ep.end_reason, ep.error)])
+        rows = (episode_rows(ep, model=model, **({"origin": origin()} if origin else {})) if ep.steps
+                else [placeholder_row(eid, task, policy.name, model, ep.end_reason, ep.error)])
         meta = {"trial": trial, "attempts": attempt + 1, "errors": errors, "events": env.events,
                 "progress": env.progress, "tokens": tokens, "policy_crash": policy.crash}
-        return {"records": records, "meta": meta}
-    records = [placeholder_record(eid, task, policy.name, model, "infra_error", errors[-1])]
+        return {"rows": rows, "meta": meta}
+    rows = [placeholder_row(eid, task, policy.name, model, "infra_error", errors[-1])]
     meta = {"trial": trial, "attempts": c.episode_retries + 1, "errors": errors, "events": [],
             "progress": 0.0, "tokens": {}, "infra_error": errors[-1] if errors else "unknown"}
-    return {"records": records, "meta": meta}
+    return {"rows": rows, "meta": meta}
 
 
 def _fingerprint(env: str, units: list[tuple[Task, int]], policy: dict, runner: dict, perturbation: dict | None,
@@ -210,17 +199,17 @@ def _infra_results(c: EvalChunk, error: BaseException, tries: int) -> dict:
 def _infra_result(prefix: str, task: Task, trial: int, policy: str, model: str, msg: str, attempts: int) -> dict:
     """An episode the infrastructure never let run (its chunk's actor died every time): counted, not dropped."""
     eid = episode_id(task, prefix, trial)
-    return {"records": [placeholder_record(eid, task, policy, model, "infra_error", msg)],
+    return {"rows": [placeholder_row(eid, task, policy, model, "infra_error", msg)],
             "meta": {"trial": trial, "attempts": attempts, "errors": [msg], "events": [], "progress": 0.0,
                      "tokens": {}, "infra_error": msg}}
 
 
 def _write_chunk(store: TrajectoryStore, name: str, results: list[dict]) -> None:
     # The sidecar first: a shard listed in the manifest always has its events on disk.
-    meta = {r["records"][0]["episode_id"]: r["meta"] for r in results}
+    meta = {r["rows"][0].episode_id: r["meta"] for r in results}
     (store.root / "events").mkdir(parents=True, exist_ok=True)
     write_atomic(store.root / "events" / f"{name}.json", json.dumps(meta))
-    store.write_shard("episodes", name, [rec for r in results for rec in r["records"]],
+    store.write_shard("episodes", name, [row for r in results for row in r["rows"]],
                       {"infra_errors": sum("infra_error" in m for m in meta.values())})
 
 
@@ -245,7 +234,7 @@ def iter_episodes(root: str | Path, target: str | None = None):
     store = TrajectoryStore(Path(root))
     for path in store.shard_paths("episodes"):
         events = store.root / "events" / f"{path.stem}.json"
-        yield episode_summaries(store.read_shard(path).to_pylist(),
+        yield episode_summaries(table_rows(store.read_shard(path)),
                                 json.loads(events.read_text()) if events.exists() else {}, target=target)
 
 

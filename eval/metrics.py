@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from data_collection.schema import StepRow, as_rows, group_steps
+from data_collection.schema import StepRow, group_steps
 from eval.perturb import is_injected
 
 Z95 = 1.96
@@ -91,7 +91,7 @@ def episode_summaries(records: list[StepRow], events: dict[str, dict] | None = N
     prompt injection asked for, if any."""
     events = events or {}
     out = []
-    for rows in group_steps(as_rows(records)):
+    for rows in group_steps(records):
         last, eid = rows[-1], rows[0].episode_id
         meta = events.get(eid, {})
         steps = [r for r in rows if r.step >= 0]

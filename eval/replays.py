@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from data_collection.schema import StepRow, as_rows, group_steps
+from data_collection.schema import StepRow, group_steps
 from data_collection.store import TrajectoryStore
 from envs.base import Task
 from eval.perturb import PerturbedEnv
@@ -71,7 +71,7 @@ def pick_episodes(root: Path, events: dict[str, dict], per_kind: int = 1) -> lis
 def executed_actions(ep: list[StepRow], events: dict) -> list[str]:
     """Actions that reached the environment: grounded, not blocked, not dropped by action_fail."""
     ignored = {e["step"] for e in events.get("events", []) if e["kind"] == "action_ignored"}
-    executed = [r.action for r in as_rows(ep) if r.action and not r.blocked]
+    executed = [r.action for r in ep if r.action and not r.blocked]
     return [a for i, a in enumerate(executed) if i not in ignored]
 
 

@@ -12,8 +12,12 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from data_collection.schema import StepRow
 
 
 class DPOConfig(BaseModel):
@@ -36,12 +40,12 @@ class DPOConfig(BaseModel):
     tensorboard: bool = True
 
 
-def make_pairs(records: list[dict], max_pairs: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
-    from data_collection.store import group_episodes
+def make_pairs(rows: list[StepRow], max_pairs: int, seed: int) -> list[tuple[list[StepRow], list[StepRow]]]:
+    from data_collection.schema import group_steps
 
     by_task: dict[str, dict[bool, list]] = {}
-    for ep in group_episodes(records):
-        by_task.setdefault(ep[0]["task_id"], {True: [], False: []})[bool(ep[-1]["episode_success"])].append(ep)
+    for ep in group_steps(rows):
+        by_task.setdefault(ep[0].task_id, {True: [], False: []})[bool(ep[-1].episode_success)].append(ep)
     rng = random.Random(seed)
     pairs = []
     for tid in sorted(by_task):
@@ -52,7 +56,7 @@ def make_pairs(records: list[dict], max_pairs: int, seed: int) -> list[tuple[lis
     return pairs[:max_pairs]
 
 
-def _episode_samples(ep: list[dict], encoder, action_names, window: int, max_len: int):
+def _episode_samples(ep: list[StepRow], encoder, action_names, window: int, max_len: int):
     from training.samples import build_samples, episode_conversations
 
     return build_samples(episode_conversations([ep]), encoder, max_len)
@@ -124,20 +128,20 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     torch.manual_seed(cfg.seed)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    records = []
+    rows: list[StepRow] = []
     for d in data_dirs:
         store = TrajectoryStore(Path(d))
         for subset in ("train", "failures"):
             if store.shard_paths(subset):
-                records += store.read_records(subset)
-    pairs = make_pairs(records, cfg.max_pairs, cfg.seed)
+                rows += store.read_rows(subset)
+    pairs = make_pairs(rows, cfg.max_pairs, cfg.seed)
     if not pairs:
         raise NoPairsError(f"no success/failure pairs on the same task in {data_dirs}: sample more trials per task")
     out.mkdir(parents=True, exist_ok=True)
     (out / "dpo_config.json").write_text(cfg.model_dump_json(indent=1))
     tok = load_tokenizer(model_dir)
     enc = ChatEncoder(tok)
-    names = get_env_spec(records[0]["env"]).factory().action_names()
+    names = get_env_spec(rows[0].env).factory().action_names()
     encoded = [(_episode_samples(g, enc, names, cfg.history_window, cfg.max_seq_len),
                 _episode_samples(b, enc, names, cfg.history_window, cfg.max_seq_len)) for g, b in pairs]
 

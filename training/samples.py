@@ -1,4 +1,4 @@
-"""SFT samples from trajectory records: the conversation each step stored (schema v3: the exact
+"""SFT samples from trajectory rows (StepRow): the conversation each step stored (schema v3: the exact
 messages, and tools, the policy was given) plus the step's action as an assistant message, rendered
 by the model's own chat template through serving/chat_format.py, the code the server renders
 requests with. So the prompt a served model gets for an agent's step t is, token for token, the
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agent.tool_call_format import format_call_raw
-from data_collection.schema import step_messages, step_tools
+from data_collection.schema import StepRow
 from serving.chat_format import parse_tool_calls
 from training.tokenizer import ChatEncoder, SampleError  # noqa: F401  (ChatEncoder re-exported)
 
@@ -42,22 +42,22 @@ class Conversation:
     source: str = ""  # where it starts, for errors: "episode E step S"
 
 
-def _assistant_message(row: dict, nxt: dict | None, msgs: list[dict]) -> dict:
+def _assistant_message(row: StepRow, nxt: StepRow | None, msgs: list[dict]) -> dict:
     """What the runner appended to the conversation for this step: taken from the next step's stored
     prompt where that extends this one, else rebuilt from the record like agent/conversation.py does."""
     if nxt is not None:
-        later = step_messages(nxt)
+        later = nxt.chat_messages()
         if len(later) > len(msgs) and later[: len(msgs)] == msgs and later[len(msgs)]["role"] == "assistant":
             return later[len(msgs)]
-    if not row["tools"]:
-        return {"role": "assistant", "content": row["action"]}  # text space ("" where grounding failed)
-    if not row["valid"]:
-        return {"role": "assistant", "content": row["raw_output"]}
-    content, calls = parse_tool_calls(row["action"])
+    if not row.tools:
+        return {"role": "assistant", "content": row.action}  # text space ("" where grounding failed)
+    if not row.valid:
+        return {"role": "assistant", "content": row.raw_output}
+    content, calls = parse_tool_calls(row.action)
     if not calls:
-        return {"role": "assistant", "content": row["action"]}  # a closing message
+        return {"role": "assistant", "content": row.action}  # a closing message
     for i, c in enumerate(calls):
-        c["id"] = f"call_{row['step']}_{i}"
+        c["id"] = f"call_{row.step}_{i}"
     return {"role": "assistant", "content": content, "tool_calls": calls}
 
 
@@ -70,19 +70,19 @@ def _check_calls(msg: dict, tools: list[dict], where: str) -> None:
                               "the record is inconsistent: re-collect the episode or drop it from the dataset")
 
 
-def episode_conversations(episodes: list[list[dict]]) -> list[Conversation]:
+def episode_conversations(episodes: list[list[StepRow]]) -> list[Conversation]:
     """Each episode's steps (sorted rows of one episode) as conversations; an assistant message is
     learned where the step's action was valid and not blocked by the safety guard (the environment
     took it); the others stay in the conversation as context, as the agent saw them."""
     convs: list[Conversation] = []
     for ep in episodes:
-        rows = [r for r in ep if r["step"] >= 0 and r.get("messages")]
+        rows = [r for r in ep if r.step >= 0 and r.messages]
         cur: Conversation | None = None
         for k, r in enumerate(rows):
-            msgs, tools = step_messages(r), step_tools(r)
-            where = f"episode {r['episode_id']} step {r['step']}"
+            msgs, tools = r.chat_messages(), r.chat_tools()
+            where = f"episode {r.episode_id} step {r.step}"
             msg = _assistant_message(r, rows[k + 1] if k + 1 < len(rows) else None, msgs)
-            learn = bool(r["valid"] and r["action"] and not r["blocked"])  # what the environment took
+            learn = bool(r.valid and r.action and not r.blocked)  # what the environment took
             if learn:
                 _check_calls(msg, tools, where)
             if cur is not None and cur.tools == tools and msgs[: len(cur.messages)] == cur.messages:

@@ -131,7 +131,8 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from data_collection.store import TrajectoryStore, group_episodes
+    from data_collection.schema import group_steps
+    from data_collection.store import TrajectoryStore
     from training import lora
     from training.export import export_hf
     from training.metrics import MultiLogger
@@ -146,8 +147,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
 
     # several data dirs (expert demos + self-boosted successes) train together
     dirs = data_dir if isinstance(data_dir, (list, tuple)) else str(data_dir).split(",")
-    records = [r for d in dirs for r in TrajectoryStore(Path(d)).read_records("train")]
-    episodes = group_episodes(records)
+    episodes = group_steps(r for d in dirs for r in TrajectoryStore(Path(d)).read_rows("train"))
     # samples come from the conversation each step stored (any mix of environments and action spaces)
     convs = episode_conversations(episodes)
     if not convs:

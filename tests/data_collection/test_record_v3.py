@@ -11,7 +11,7 @@ import pytest
 from agent.episode import RunnerConfig, run_episode
 from agent.policy_factory import build_policy
 from cluster.cli import main
-from data_collection.schema import TRAJECTORY_SCHEMA, episode_to_records, step_messages, step_tools
+from data_collection.schema import TRAJECTORY_SCHEMA, episode_rows, rows_table, table_rows
 from data_collection.store import MANIFEST, TrajectoryStore
 from envs.base import Task, action_space_of
 from envs.registry import make_env
@@ -39,7 +39,7 @@ def _record(env_name: str, task: Task):
     env = make_env(env_name)
     policy = Recording(build_policy({"kind": "expert"}))
     ep = run_episode(env, policy, task, RunnerConfig(max_steps=40))
-    return ep, episode_to_records(ep), policy.seen
+    return ep, episode_rows(ep), policy.seen
 
 
 # issue 16 item 1
@@ -47,11 +47,11 @@ def test_babyai_records_keep_the_exact_messages_the_policy_was_given():
     ep, rows, seen = _record("babyai", Task("babyai", "BabyAI-GoToLocal-v0", 5))
     assert ep.success and len(rows) == len(seen) > 2
     for r in rows:
-        assert step_messages(r) == seen[r["step"]][0]
-        assert step_tools(r) == [] and r["tools"] == ""
-        assert r["task_key"] == "BabyAI-GoToLocal-v0/5"
-    table = pa.Table.from_pylist(rows, schema=TRAJECTORY_SCHEMA)  # the columns are in the schema
-    assert [step_messages(r) for r in table.to_pylist()] == [seen[s][0] for s in sorted(seen)]
+        assert r.chat_messages() == seen[r.step][0]
+        assert r.chat_tools() == [] and r.tools == ""
+        assert r.task_key == "BabyAI-GoToLocal-v0/5"
+    table = rows_table(rows)  # the columns are in the schema
+    assert [r.chat_messages() for r in table_rows(table)] == [seen[s][0] for s in sorted(seen)]
 
 
 # issue 16 item 1
@@ -60,11 +60,11 @@ def test_bfcl_records_keep_messages_tools_and_the_entry_id():
     ep, rows, seen = _record("bfcl", task)
     assert ep.success and len(rows) == len(seen) >= 2
     for r in rows:
-        msgs, tools = seen[r["step"]]
-        assert step_messages(r) == msgs and step_tools(r) == tools and tools
-        assert r["task_key"] == "multi_turn_base_3"  # BFCL's own entry id, not level/seed
+        msgs, tools = seen[r.step]
+        assert r.chat_messages() == msgs and r.chat_tools() == tools and tools
+        assert r.task_key == "multi_turn_base_3"  # BFCL's own entry id, not level/seed
     # the conversation grows: a later step's prompt holds the earlier tool calls and their results
-    last = step_messages(rows[-1])
+    last = rows[-1].chat_messages()
     assert any(m.get("tool_calls") for m in last) and any(m["role"] == "tool" for m in last)
 
 
@@ -99,15 +99,15 @@ def test_v2_is_refused_by_name_and_upgrade_reproduces_a_fresh_v3_collect(tmp_pat
         err = capsys.readouterr().err
         assert "schema version 2" in err and f"lam data upgrade {old}" in err and "Traceback" not in err
     assert main(["data", "upgrade", str(old), str(new)]) == 0
-    want = {(r["episode_id"], r["step"]): r for r in TrajectoryStore(fresh).read_records()}
-    got = {(r["episode_id"], r["step"]): r for r in TrajectoryStore(new).read_records()}
+    want = {(r.episode_id, r.step): r for r in TrajectoryStore(fresh).read_rows()}
+    got = {(r.episode_id, r.step): r for r in TrajectoryStore(new).read_rows()}
     assert got.keys() == want.keys() and len(got) > 10
     for k, r in want.items():
-        assert step_messages(got[k]) == step_messages(r) and got[k]["task_key"] == r["task_key"]
+        assert got[k].chat_messages() == r.chat_messages() and got[k].task_key == r.task_key
     # the upgraded dataset resumes like a collected one (its ledger came along)
     assert main(["collect", "--levels", "BabyAI-GoToLocal-v0", "--episodes", "8", "--workers", "0",
                  "--shard-episodes", "3", "--out", str(new), "--resume", "--no-progress"]) == 0
-    assert len({r["episode_id"] for r in TrajectoryStore(new).read_records("train")}) == 8
+    assert len({r.episode_id for r in TrajectoryStore(new).read_rows("train")}) == 8
 
 
 # issue 16 item 1
@@ -141,11 +141,11 @@ def test_data_show_prints_the_stored_conversation(tmp_path, capsys):
     out = tmp_path / "bfcl"
     assert main(["collect", "--env", "bfcl", "--levels", "multi_turn_base", "--episodes", "1", "--workers", "0",
                  "--out", str(out), "--no-progress"]) == 0
-    row = TrajectoryStore(out).read_records("train")[0]
+    row = TrajectoryStore(out).read_rows("train")[0]
     capsys.readouterr()
-    assert main(["data", "show", str(out), "--episode", row["episode_id"]]) == 0
+    assert main(["data", "show", str(out), "--episode", row.episode_id]) == 0
     text = capsys.readouterr().out
-    assert f"task     {row['task_key']}" in text
+    assert f"task     {row.task_key}" in text
     assert "[user]" in text and "[tool]" in text and "  tools" in text
-    first_call = next(m for m in step_messages(TrajectoryStore(out).read_records("train")[-1]) if m.get("tool_calls"))
+    first_call = next(m for m in TrajectoryStore(out).read_rows("train")[-1].chat_messages() if m.get("tool_calls"))
     assert f"call {first_call['tool_calls'][0]['function']['name']}(" in text

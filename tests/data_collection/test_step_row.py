@@ -8,8 +8,9 @@ import dataclasses
 
 from agent.episode import RunnerConfig, run_episode
 from agent.policies import ExpertPolicy
-from data_collection.schema import (FIELD_NAMES, TRAJECTORY_SCHEMA, StepRow, as_rows, episode_rows, episode_to_records,
-                                    group_steps, records_to_table, rows_table, table_rows)
+import pyarrow as pa
+
+from data_collection.schema import FIELD_NAMES, TRAJECTORY_SCHEMA, StepRow, episode_rows, group_steps, rows_table, table_rows
 from data_collection.store import TrajectoryStore
 from envs.babyai import BabyAIEnv
 from envs.registry import sample_tasks
@@ -32,20 +33,13 @@ def test_rows_survive_a_table_and_a_shard_unchanged(tmp_path):
     rows = table_rows(rows_table(made))  # reward and latency_s are float32 columns: stored once, then exact
     assert all(dataclasses.replace(a, reward=b.reward, latency_s=b.latency_s) == b for a, b in zip(made, rows))
     assert table_rows(rows_table(rows)) == rows and len(rows) == len(made) > 3
-    # the dict form older writers use is the same table
-    assert rows_table(made).equals(records_to_table([r.to_dict() for r in made]))
+    # the same table pyarrow builds from the rows as dicts
+    assert rows_table(made).equals(pa.Table.from_pylist([r.to_dict() for r in made], schema=TRAJECTORY_SCHEMA))
     store = TrajectoryStore(tmp_path / "ds")
     store.write_shard("train", "shard-0", made)
     back = store.read_rows("train")
     assert back == rows and store.read_records("train") == [r.to_dict() for r in rows]
     assert back[0].chat_messages() and back[0].chat_tools() == []  # a text space offers no tools
-
-
-def test_episode_to_records_is_episode_rows_as_dicts():
-    env = BabyAIEnv()
-    task = sample_tasks("babyai", ["BabyAI-GoToLocal-v0"], "train", 1)[0]
-    ep = run_episode(env, ExpertPolicy(), task, RunnerConfig())
-    assert episode_to_records(ep, created_at=1.0) == [r.to_dict() for r in episode_rows(ep, created_at=1.0)]
 
 
 def test_group_steps_orders_each_episode_by_step_in_first_seen_order():
@@ -54,4 +48,3 @@ def test_group_steps_orders_each_episode_by_step_in_first_seen_order():
     episodes = group_steps(shuffled)
     assert [ep[0].episode_id for ep in episodes] == [rows[-1].episode_id, rows[0].episode_id]
     assert all([r.step for r in ep] == sorted(r.step for r in ep) for ep in episodes)
-    assert as_rows([r.to_dict() for r in rows]) == rows  # the bridge for dict readers not yet switched

@@ -2,7 +2,7 @@ import random
 
 from agent.episode import RunnerConfig, run_episode
 from agent.policies import ExpertPolicy, ScriptedPolicy
-from data_collection.schema import episode_to_records
+from data_collection.schema import episode_rows
 from envs.babyai import BabyAIEnv
 from envs.registry import sample_tasks
 from eval.metrics import episode_summaries, summarize, wilson
@@ -27,7 +27,7 @@ def test_planted_false_successes_are_recovered_exactly():
         truth_false += cut < len(full)  # stopping before the bot's last action cannot be a success
     records = []
     for task in tasks:
-        records += episode_to_records(run_episode(env, ScriptedPolicy(script), task, RunnerConfig()))
+        records += episode_rows(run_episode(env, ScriptedPolicy(script), task, RunnerConfig()))
     m = summarize(episode_summaries(records))
     assert m["false_success"] == truth_false > 0
     assert m["success_rate"] == (40 - truth_false) / 40

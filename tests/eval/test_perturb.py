@@ -4,6 +4,7 @@ import pytest
 from agent.episode import RunnerConfig, run_episode
 from agent.policies import ExpertPolicy, RandomPolicy
 from agent.policy_factory import build_policy
+from data_collection.schema import StepRow
 from envs.babyai import BabyAIEnv, replay
 from envs.base import Action, Task
 from envs.registry import sample_tasks
@@ -32,7 +33,7 @@ def test_verdict_is_the_environments_own_under_every_perturbation(spec):
         for trial, task in enumerate(tasks):
             env.begin_episode(trial)
             ep = run_episode(env, policy, task, RunnerConfig(max_steps=max_steps))
-            rows = [{"action": s.action, "blocked": s.blocked} for s in ep.steps]
+            rows = [StepRow(action=s.action, blocked=s.blocked) for s in ep.steps]
             assert replay(task.level, task.seed, executed_actions(rows, {"events": env.events})) == ep.success
     if spec["kind"] in ("none", "paraphrase", "distractors", "drop_lines"):  # the bot reads the env, not the text
         env.begin_episode(0)

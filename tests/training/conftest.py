@@ -33,7 +33,7 @@ def tiny_hf_model(small_dataset, tmp_path_factory):
     from training.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_hf") / "model"
-    texts = [r["request"] + "\n" + r["state"] + "\n" + r["action"] for r in TrajectoryStore(small_dataset).read_records("train")]
+    texts = [r.request + "\n" + r.state + "\n" + r.action for r in TrajectoryStore(small_dataset).read_rows("train")]
     tok = train_tokenizer(texts, vocab_size=400)
     build_model("tiny", vocab_size=len(tok), max_positions=1024, seed=1).save_pretrained(out)
     tok.save_pretrained(out)
@@ -45,7 +45,7 @@ def pairs_dataset(tmp_path_factory):
     """Success/failure pairs on the same tasks: the BabyAI bot against a random policy."""
     from agent.episode import RunnerConfig, run_episode
     from agent.policies import ExpertPolicy, RandomPolicy
-    from data_collection.schema import episode_to_records
+    from data_collection.schema import episode_rows
     from data_collection.store import TrajectoryStore
     from envs.babyai import BabyAIEnv
     from envs.registry import sample_tasks
@@ -56,8 +56,8 @@ def pairs_dataset(tmp_path_factory):
         g = run_episode(env, ExpertPolicy(), task, RunnerConfig(max_steps=8), episode_id=f"g{task.seed}")
         b = run_episode(env, RandomPolicy(seed=3), task, RunnerConfig(max_steps=8), episode_id=f"b{task.seed}")
         if g.success and not b.success:
-            good += episode_to_records(g)
-            bad += episode_to_records(b)
+            good += episode_rows(g)
+            bad += episode_rows(b)
     store = TrajectoryStore(root)
     store.write_shard("train", "s", good)
     store.write_shard("failures", "f", bad)

@@ -4,6 +4,7 @@ token for token, the training sample's prefix before step t's action; labels cov
 For BabyAI (text), BFCL and the generated tool world (tools), with the project template and with a ChatML model directory that
 carries Qwen 2.5's tools template."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from fastapi.testclient import TestClient
 from agent.episode import RunnerConfig, run_episode
 from agent.policies import ExpertPolicy
 from cluster.cli import main
-from data_collection.schema import episode_to_records, step_messages, step_tools
-from data_collection.store import TrajectoryStore, group_episodes
+from data_collection.schema import StepRow, episode_rows, group_steps
+from data_collection.store import TrajectoryStore
 from envs.base import Task
 from envs.registry import make_env
 from serving.embedded import EmbeddedBackend
@@ -24,10 +25,10 @@ from training.samples import Conversation, build_samples, episode_conversations,
 from training.tokenizer import ChatEncoder, SampleError, train_tokenizer
 
 
-def _records(env, task: Task) -> list[dict]:
+def _records(env, task: Task) -> list[StepRow]:
     ep = run_episode(env, ExpertPolicy(), task, RunnerConfig(max_steps=30))
     assert ep.success
-    return episode_to_records(ep)
+    return episode_rows(ep)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +79,11 @@ class Recording:
         return self.inner.submit(prompt_ids, *args, **kwargs)
 
 
-def _served_prompt(client, backend: Recording, row: dict) -> list[int]:
+def _served_prompt(client, backend: Recording, row: StepRow) -> list[int]:
     """What the server feeds the model for this step: the agent's request is the stored conversation."""
-    body = {"model": "m", "messages": step_messages(row), "max_tokens": 1}
-    if step_tools(row):
-        body["tools"] = step_tools(row)
+    body = {"model": "m", "messages": row.chat_messages(), "max_tokens": 1}
+    if row.chat_tools():
+        body["tools"] = row.chat_tools()
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return backend.prompts[-1]
@@ -103,7 +104,7 @@ def test_served_prompt_is_the_training_prefix_and_labels_are_the_actions(env, ep
                 encoded = [encoder.encode(c) for c in convs]
                 covered = 0
                 for row in ep:
-                    msgs = step_messages(row)
+                    msgs = row.chat_messages()
                     # the sample that learns this step: its messages continue the step's prompt
                     k = next(i for i, c in enumerate(convs) if len(msgs) in c.labeled
                              and c.messages[: len(msgs)] == msgs)
@@ -112,7 +113,7 @@ def test_served_prompt_is_the_training_prefix_and_labels_are_the_actions(env, ep
                     assert _served_prompt(client, backend, row) == ids[:start]
                     action = tok.decode(ids[start:end])
                     if env == "babyai":
-                        assert action.startswith(row["action"])
+                        assert action.startswith(row.action)
                     else:
                         for call in convs[k].messages[len(msgs)].get("tool_calls") or []:
                             assert call["function"]["name"] in action
@@ -136,12 +137,12 @@ def test_babyai_samples_are_the_window_chunks_with_the_project_template(episodes
     ep = episodes["babyai"][0]
     convs = episode_conversations([ep])
     names = make_env("babyai").action_names()
-    turns = [Turn(r["state"], r["prev_feedback"], r["action"]) for r in ep]
-    assert [c.messages for c in convs] == render_training_chunks(ep[0]["request"], turns, names, 8)
+    turns = [Turn(r.state, r.prev_feedback, r.action) for r in ep]
+    assert [c.messages for c in convs] == render_training_chunks(ep[0].request, turns, names, 8)
     tok = train_tokenizer(_texts(episodes), vocab_size=400)
     ids, labels, _ = ChatEncoder(tok).encode(convs[0])
     assert ids == tok(tok.apply_chat_template(convs[0].messages, tokenize=False), add_special_tokens=False)["input_ids"]
-    assert tok.decode([t for t in labels if t != -100]) == "".join(f"{r['action']}<|end|>" for r in ep[:8])
+    assert tok.decode([t for t in labels if t != -100]) == "".join(f"{r.action}<|end|>" for r in ep[:8])
 
 
 # issue 16 item 2
@@ -157,11 +158,11 @@ def test_a_template_without_tools_refuses_tool_episodes(episodes):
 
 # issue 16 item 2
 def test_a_stored_call_to_an_unknown_function_is_refused(episodes):
-    ep = [dict(r) for r in episodes["notes"][0]]
-    first = next(r for r in ep if "add_note" in r["action"])
-    first["action"] = first["action"].replace("add_note", "add_notes")
+    ep = [replace(r) for r in episodes["notes"][0]]
+    first = next(r for r in ep if "add_note" in r.action)
+    first.action = first.action.replace("add_note", "add_notes")
     for r in ep:  # as if the record had been written that way: later prompts carry the call too
-        r["messages"] = r["messages"].replace('"add_note"', '"add_notes"', 1) if r is not first else r["messages"]
+        r.messages = r.messages.replace('"add_note"', '"add_notes"', 1) if r is not first else r.messages
     with pytest.raises(SampleError, match=r"calls 'add_notes', which is not among the 3 tools"):
         episode_conversations([ep])
 
@@ -170,8 +171,8 @@ def test_a_stored_call_to_an_unknown_function_is_refused(episodes):
 def test_an_action_past_the_context_is_dropped_whole_and_counted(episodes):
     tok = train_tokenizer(_texts(episodes), vocab_size=400)
     enc = ChatEncoder(tok)
-    ep = [dict(r) for r in episodes["babyai"][0]]
-    ep[-1]["action"] = "go forward " * 400  # one enormous assistant turn, the episode's last
+    ep = [replace(r) for r in episodes["babyai"][0]]
+    ep[-1].action = "go forward " * 400  # one enormous assistant turn, the episode's last
     conv = episode_conversations([ep])[-1]
     ids, labels, spans = enc.encode(conv)
     assert len(spans) >= 3 and spans[-1][1] - spans[-1][0] > 400
@@ -183,7 +184,7 @@ def test_an_action_past_the_context_is_dropped_whole_and_counted(episodes):
     assert build_samples([conv], enc, spans[0][1] - 1, report) == [] and report["samples_dropped_too_long"] == 1
 
 
-def _write(root: Path, episodes: list[list[dict]]) -> Path:
+def _write(root: Path, episodes: list[list[StepRow]]) -> Path:
     store = TrajectoryStore(root)
     store.write_shard("train", "shard-0", [r for ep in episodes for r in ep])
     return root
@@ -214,7 +215,7 @@ def test_fine_tuning_a_chatml_model_through_deepspeed(episodes, tmp_path):
     data = _write(tmp_path / "data", episodes["babyai"] + episodes["notes"])
     tok = AutoTokenizer.from_pretrained(model)
     assert tok.unk_token_id == 0 and tok.convert_tokens_to_ids("<|user|>") == 0  # the old trainer's lookups
-    convs = episode_conversations(group_episodes(TrajectoryStore(data).read_records("train")))
+    convs = episode_conversations(group_steps(TrajectoryStore(data).read_rows("train")))
     assert {bool(c.tools) for c in convs} == {True, False}
     for c in convs:
         ids, labels, spans = ChatEncoder(tok).encode(c)

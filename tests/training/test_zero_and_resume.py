@@ -49,7 +49,8 @@ def test_zero_stage_two_ranks_trains_and_exports(stage, bot_dataset, tmp_path):
     # the consolidated export reloads with the engine's eval loss
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data_collection.store import TrajectoryStore, group_episodes
+    from data_collection.schema import group_steps
+    from data_collection.store import TrajectoryStore
     from training.model import ActionLoss
     from training.samples import build_samples, episode_conversations
     from training.tokenizer import ChatEncoder
@@ -57,7 +58,7 @@ def test_zero_stage_two_ranks_trains_and_exports(stage, bot_dataset, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(out / "export")
     lm = AutoModelForCausalLM.from_pretrained(out / "export")
-    eps = group_episodes(TrajectoryStore(data).read_records("train"))
+    eps = group_steps(TrajectoryStore(data).read_rows("train"))
     samples = build_samples(episode_conversations(eps), ChatEncoder(tok), 1024)
     split = max(1, int(len(samples) * 0.1))
     loss = evaluate_loss(ActionLoss(lm), samples[:split], tok.pad_token_id, 2048, torch.device("cpu"))
