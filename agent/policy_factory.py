@@ -54,6 +54,18 @@ class PolicySpec:
         return cls(**{k: v for k, v in spec.items() if k in known})
 
 
+def model_spec(base_url: str, model: str, temperature: float, seed: int, api_key: str | None = None,
+               timeout_s: float | None = None) -> dict:
+    """The policy spec of a served model as the command lines (`lam collect`, `lam eval`) build it from
+    their flags; optional fields only when given, so specs (and eval fingerprints) stay as they were."""
+    spec = {"kind": "model", "base_url": base_url, "model": model, "temperature": temperature, "seed": seed}
+    if timeout_s:
+        spec["timeout_s"] = timeout_s
+    if api_key:
+        spec["api_key"] = api_key
+    return spec
+
+
 def build_policy(spec: PolicySpec | dict, *, on_crash: OnCrash = None):
     s = spec if isinstance(spec, PolicySpec) else PolicySpec.from_dict(spec)
     policy = _bare(s)

@@ -43,11 +43,9 @@ def _policy(a) -> dict:
     if a.policy == "model":
         if not a.model_url:
             raise ValueError("--policy model needs --model-url (an OpenAI-compatible /v1 base URL) and --model")
-        policy = {"kind": "model", "base_url": a.model_url, "model": a.model, "temperature": a.temperature,
-                  "seed": a.seed}
-        if a.api_key:
-            policy["api_key"] = a.api_key
-        return policy
+        from agent.policy_factory import model_spec
+
+        return model_spec(a.model_url, a.model, a.temperature, a.seed, api_key=a.api_key)
     if a.policy == "gold":
         if not a.gold:
             raise ValueError("--policy gold needs --gold DIR_OR_JSONL (recorded action sequences to replay)")

@@ -77,12 +77,10 @@ def main(a) -> int:
     if a.policy == "model":
         if not a.model_url:
             raise ValueError("--policy model needs --model-url (an OpenAI-compatible /v1 base URL)")
-        policy = {"kind": "model", "base_url": a.model_url, "model": a.model, "temperature": a.temperature,
-                  "seed": a.seed}
-        if a.request_timeout_s:
-            policy["timeout_s"] = a.request_timeout_s
-        if a.api_key:
-            policy["api_key"] = a.api_key
+        from agent.policy_factory import model_spec
+
+        policy = model_spec(a.model_url, a.model, a.temperature, a.seed, api_key=a.api_key,
+                            timeout_s=a.request_timeout_s)
         check_model_endpoint(policy)  # a dead URL or a wrong --model: one line now, before any Ray work
     else:
         policy = {"kind": a.policy, "seed": a.seed}
