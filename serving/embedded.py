@@ -98,6 +98,8 @@ class EmbeddedBackend:
         self._cv = threading.Condition()
         self._pending: deque[Request] = deque()
         self._closing = False
+        self._paused = False  # a weight update is draining the batches (serving/weight_update.py)
+        self.weights_version, self.weights_label, self.weights_source = 0, "v0", model_dir
         # Slab caches (serving/kv_cache.py) let rows join a running batch and reuse cached prefixes; models
         # with other cache layers (sliding windows, ...) are batched per round without either.
         self._slab = kv_cache.is_slab_config(self.model.config)
@@ -349,6 +351,20 @@ class EmbeddedBackend:
     def generate_sync(self, prompt_ids: list[int], params: SamplingParams | None = None,
                       timeout: float | None = None) -> GenerationResult:
         return self.submit(prompt_ids, params or SamplingParams()).future.result(timeout)
+
+    def update_weights(self, path: str, label: str | None = None, drain_timeout_s: float = 120.0) -> dict:
+        """Serve the weights in `path` from now on (POST /v1/weights); see serving/weight_update.py."""
+        from .weight_update import apply_weights
+
+        return apply_weights(self, path, label, drain_timeout_s)
+
+    def weights_card(self) -> dict:
+        return {"version": self.weights_version, "label": self.weights_label, "source": self.weights_source}
+
+    def drop_prefix_cache(self) -> None:
+        if self._prefix is not None:
+            with self._prefix_lock:
+                self._prefix.clear()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers; queued and running requests fail with BackendClosedError."""

@@ -48,6 +48,12 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        """Forget every entry (the weights that computed them changed)."""
+        self._entries.clear()
+        self._by_hash.clear()
+        self.nbytes = 0
+
     def lookup(self, ids: list[int]) -> tuple[list | None, int]:
         """(per-layer (K, V) of the longest cached prefix, its length); at least one token is left to prefill."""
         self.lookup_tokens += len(ids)

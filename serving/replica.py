@@ -70,7 +70,7 @@ class ReplicaWorker:
         while True:
             with cv:
                 while not engine._closing and not batch.rows and not self.ready and (
-                        engine.prefill_thread or not engine._pending):
+                        engine.prefill_thread or not engine._pending or engine._paused):
                     cv.wait()
                 if engine._closing:
                     return
@@ -160,7 +160,7 @@ class ReplicaWorker:
     def _admissible(self) -> bool:
         """Whether `_admit` would take the head of the queue now (under the engine's condition)."""
         pending = self.engine._pending
-        if not pending:
+        if not pending or self.engine._paused:
             return False
         head = pending[0]
         return head.cancelled or head.future.done() or head.params.n <= self.engine.max_batch_size - self.slots
@@ -170,6 +170,8 @@ class ReplicaWorker:
         prompt tokens fit in it (at least one request); new rows may only join a running batch if caches can
         merge."""
         engine, pending = self.engine, self.engine._pending
+        if engine._paused:
+            return []  # a weight update waits for the batch to drain (serving/weight_update.py)
         if not engine.prefill_thread and self.batch.rows and not kv_cache.is_slab(self.batch.cache):
             return []  # e.g. sliding-window caches: fall back to batching per round (never with a prefill thread)
         room, taken = engine.max_batch_size - self.slots, []

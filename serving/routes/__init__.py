@@ -9,5 +9,6 @@ from __future__ import annotations
 from .chat import router as chat_router
 from .completions import router as completions_router
 from .models import router as models_router
+from .weights import router as weights_router
 
-ROUTERS = (models_router, chat_router, completions_router)  # in the order the app always listed them
+ROUTERS = (models_router, chat_router, completions_router, weights_router)  # in the order the app always listed them

@@ -27,8 +27,11 @@ async def prometheus(request: Request):
 
 
 def model_card(state) -> dict:
-    return {"id": state.model_name, "object": "model", "created": int(time.time()), "owned_by": "lam-stack",
+    card = {"id": state.model_name, "object": "model", "created": int(time.time()), "owned_by": "lam-stack",
             "max_model_len": getattr(state.backend, "max_context", None)}
+    if hasattr(state.backend, "weights_card"):  # which weights answer: bumped by POST /v1/weights
+        card["weights"] = state.backend.weights_card()
+    return card
 
 
 @router.get("/v1/models")

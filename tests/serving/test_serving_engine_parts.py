@@ -107,4 +107,4 @@ def test_routes_are_mounted_in_their_order():
     doc = create_app(object(), "m").openapi()  # routers are included lazily: read the routes off the document
     assert [(path, sorted(ops)) for path, ops in doc["paths"].items()] == [
         ("/health", ["get"]), ("/metrics", ["get"]), ("/v1/models", ["get"]), ("/v1/models/{model_id}", ["get"]),
-        ("/v1/chat/completions", ["post"]), ("/v1/completions", ["post"])]
+        ("/v1/chat/completions", ["post"]), ("/v1/completions", ["post"]), ("/v1/weights", ["post"])]
