@@ -56,7 +56,7 @@ def episodes_page(index, outcome: str, store: int | None, offset: int) -> str:
         rows.append(f'<tr data-episode="{esc(e.episode_id)}" data-outcome="{e.outcome}">'
                     f'<td>{_badge(e.outcome)}</td><td><a href="{link}">{esc(e.episode_id)}</a></td>'
                     f'<td>{esc(index.stores[e.store].label)}</td><td>{esc(e.level)} · seed {e.seed}</td>'
-                    f'<td>{e.steps}</td><td>{_yes_no(e.claimed)}</td><td>{_yes_no(e.verified)}</td>'
+                    f'<td>{e.steps}</td><td>{"done" if e.claimed else "—"}</td><td>{_yes_no(e.verified)}</td>'
                     f'<td>{esc(e.end_reason)}</td><td>{esc(e.policy)}</td><td class="muted">{esc(e.request[:80])}</td></tr>')
     more = []
     if offset > 0:
@@ -126,7 +126,7 @@ def _replay_line(e, replay: dict) -> str:
 def episode_page(index, e, rows: list[StepRow], replay: dict) -> str:
     r0, last = rows[0], rows[-1]
     info = index.stores[e.store]
-    summary = (f'<div class="summary" id="summary">{_badge(e.outcome)} <span><b>claimed done:</b> {_yes_no(e.claimed)}</span>'
+    summary = (f'<div class="summary" id="summary">{_badge(e.outcome)} <span><b>claimed done:</b> {"yes" if e.claimed else "no"}</span>'
                f'<span><b>verified:</b> {_yes_no(e.verified)}</span><span><b>end:</b> {esc(e.end_reason)}</span>'
                f'<span><b>steps:</b> {e.steps}</span><span><b>replay verdict:</b> {_replay_line(e, replay)}</span></div>')
     meta = (f'<p class="muted">{esc(info.label)} ({info.kind}) · {esc(e.level)} · seed {e.seed} · split {esc(r0.split)}'
