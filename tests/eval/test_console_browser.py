@@ -95,10 +95,9 @@ def _new_session(page, policy: str, seed: int, run: bool) -> str:
     page.fill("#f-seed", str(seed))
     page.set_checked("#f-run", run)
     page.click("#create")
-    page.locator("#sessions tbody tr.selected").wait_for()
-    sid = page.locator("#sessions tbody tr.selected").get_attribute("data-id")
-    assert sid not in before
-    return sid
+    page.wait_for_function("""ids => { const r = document.querySelector("#sessions tbody tr.selected");
+                                       return r && !ids.includes(r.dataset.id); }""", arg=sorted(before))
+    return page.locator("#sessions tbody tr.selected").get_attribute("data-id")  # the page selects what it created
 
 
 def test_console_drives_sessions_and_lam_view_finds_the_false_success(browser, servers, tmp_path):
