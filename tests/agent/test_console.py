@@ -7,6 +7,9 @@ In-process (FastAPI's TestClient); the page itself runs in Chromium in tests/eva
 """
 import io
 import re
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +83,10 @@ def test_frames_are_the_replayed_world_and_need_the_key(client):
         r = client.get("/console/frame.png", params=params, headers=KEY)
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_frame" and what in r.json()["error"]["message"]
     assert client.get("/console/frame.png", params={**q, "seed": -1}, headers=KEY).status_code == 422
+
+
+def test_a_non_editable_install_ships_every_console_file():
+    globs = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["agent.console"]
+    files = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.iterdir()]
+    assert files and all(any(fnmatch(f, g) for g in globs) for f in files), (files, globs)
