@@ -22,12 +22,14 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/lam pipeline --config configs/quickstart.yaml
 
-# Headless Chromium renders eval's report.html in a test (skipped with a reason where it cannot be installed).
-browser:
+# Headless Debian Chromium: eval's report.html renders in it, and Playwright (the [test] extra, no browser
+# download) drives the web console and `lam view` in it. Tests skip with a printed reason where it cannot be installed.
+browser: $(STAMP)
 	-command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	-$(PY) -c "import playwright" 2>/dev/null || $(PIP) playwright==1.65.3
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -rs -m "not slow" tests
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests

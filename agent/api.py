@@ -27,6 +27,7 @@ from typing import Any, Literal
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from agent.console.web import mount_console
 from agent.runner_config import RunnerConfig
 from agent.sessions import TERMINAL, ApiError, SessionManager, SessionStore
 
@@ -182,6 +183,8 @@ def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: i
                 await asyncio.sleep(0.1)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    mount_console(app, key)  # the web console at / (agent/console): a page over the routes above
 
     @app.on_event("shutdown")
     def _shutdown():

@@ -14,6 +14,7 @@
     lam cluster status --address http://127.0.0.1:8265
     lam agent serve --host 127.0.0.1 --port 8100 --db runs/agent/sessions.db
     lam agent audit --env bfcl --levels multi_turn_base --limit 50
+    lam view runs/eval-success --port 8300
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ COMMANDS = [
     ("cluster", "launch on a Ray cluster: ray up/down, Ray Jobs submission, status",
      "cluster.commands", "add_cluster_args", "cluster_main"),
     ("agent", "the agent API (sessions over the episode runner); replay audits", "agent.cli", "add_args", "main"),
+    ("view", "browse a finished evaluation run or a dataset: episodes, transcripts, replays (127.0.0.1, read-only)",
+     "eval.view", "add_args", "main"),
 ]
 
 

@@ -25,21 +25,11 @@ _ACTION_CHANNEL = ("action_fail", "forbid")
 def render_gif(level: str, seed: int, actions: list[str], size: int = 192, max_frames: int = 48,
                frame_ms: int = 300) -> tuple[bytes, bool]:
     """GIF bytes of the replay and minigrid's verdict for it."""
-    import gymnasium as gym
     from PIL import Image
 
-    from envs.babyai import ACTION_TO_ID
+    from envs.babyai_frames import replay_frames
 
-    env = gym.make(level, render_mode="rgb_array")
-    env.reset(seed=seed)
-    frames, success = [env.render()], False
-    for a in actions:
-        _, reward, terminated, truncated, _ = env.step(ACTION_TO_ID[a])
-        frames.append(env.render())
-        success = success or (terminated and reward > 0)
-        if terminated or truncated:
-            break
-    env.close()
+    frames, success = replay_frames(level, seed, actions)
     if len(frames) > max_frames:  # keep the start and the end, which say the most
         frames = frames[: max_frames // 2] + frames[-(max_frames // 2):]
     images = []
