@@ -10,6 +10,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI levels with gymnasium)
 from minigrid.core.actions import Actions
 
+from envs.babyai_balrog import register_balrog_levels
 from envs.babyai_fast import FastBabyAIBot, install_fast_obs
 from envs.babyai_text import describe_object, render_view
 from envs.babyai_variants import register_variants, variant_origin
@@ -47,7 +48,8 @@ def _all_levels() -> tuple[str, ...]:
 # mission variants (envs/babyai_variants.py): paraphrases of all, compositions of a few.
 BASE_LEVELS = _all_levels()
 VARIANT_LEVELS = register_variants(BASE_LEVELS)
-BABYAI_LEVELS = BASE_LEVELS + VARIANT_LEVELS
+BALROG_LEVELS = register_balrog_levels()  # BALROG's task set, one level per goal type (envs/babyai_balrog.py)
+BABYAI_LEVELS = BASE_LEVELS + VARIANT_LEVELS + BALROG_LEVELS
 
 
 def _silence_level_generator() -> None:
