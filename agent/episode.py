@@ -238,7 +238,8 @@ class EpisodeRunner:
             if tells:
                 messages = messages + self.conv.retry(output, g.error)
         raw = output_text(output)
-        log = StepLog(step, obs.state, self.feedback, raw, "", False, retries, "", 0.0, env.success, False,
+        shown = self.feedback if tells else ""  # the feedback this step's prompt carried
+        log = StepLog(step, obs.state, shown, raw, "", False, retries, "", 0.0, env.success, False,
                       latency_s=latency, memory=mem_text, tool_calls=g.calls, messages=first_messages,
                       tools=list(space.tools) if space.kind == "tools" else [])
         self.ep.steps.append(log)
