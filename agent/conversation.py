@@ -40,22 +40,28 @@ class TextConversation:
 
 
 class ToolConversation:
-    """The OpenAI chat a tool-calling model sees; grows over the whole episode like BFCL's."""
+    """The OpenAI chat a tool-calling model sees; grows over the whole episode like BFCL's.
+    `recent_only` (memory switched off): the prompt keeps the requests and the latest exchange only."""
 
-    def __init__(self, system: str = "") -> None:
+    def __init__(self, system: str = "", recent_only: bool = False) -> None:
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self._step, self._last_obs = 0, None
+        self.recent_only, self._asked = recent_only, set(range(len(self.messages)))  # system and request turns
 
     def observe(self, obs: Observation, feedback: str) -> None:
         # After a rejected or blocked step the observation is the same object: its user turn is
         # already in the conversation.
         if obs is not self._last_obs:
+            self._asked.update(range(len(self.messages), len(self.messages) + len(obs.user_messages)))
             self.messages += [{"role": "user", "content": m} for m in obs.user_messages]
         self._last_obs = obs
         self._step += 1
 
     def render(self, space: ActionSpace) -> list[dict]:
-        return list(self.messages)
+        if not self.recent_only:
+            return list(self.messages)
+        last = max((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), default=len(self.messages))
+        return [m for i, m in enumerate(self.messages) if i in self._asked or i >= last]
 
     def retry(self, output, error: str) -> list[dict]:
         return [{"role": "assistant", "content": output_text(output)}, {"role": "user", "content": error}]
@@ -76,9 +82,10 @@ class ToolConversation:
         self.messages += [{"role": "tool", "tool_call_id": i, "content": r} for i, r in zip(ids, results)]
 
 
-def conversation_for(space: ActionSpace, request: str, window: int):
+def conversation_for(space: ActionSpace, request: str, window: int, recent_only: bool = False):
+    """recent_only: memory is switched off (text spaces get it through window=1)."""
     if space.kind == "text":
         return TextConversation(request, window)
     if space.kind == "tools":
-        return ToolConversation()
+        return ToolConversation(recent_only=recent_only)
     raise ValueError(f"unknown action space kind {space.kind!r}: expected 'text' or 'tools'")

@@ -12,6 +12,10 @@ and ground to one action name; tool spaces keep an OpenAI conversation and groun
 (several per step, executed in order) or a plain-text reply (the space's `message_action`). In
 spaces with `turns` a claim closes a turn and the environment decides whether the episode goes on.
 
+Each part of the harness (memory, feedback, retry, grounding, safety) can be switched off with
+`RunnerConfig(harness_off=[...])` (`lam eval --ablate`); what the whole harness would have refused is
+still counted then (`StepLog.ungrounded`, `StepLog.unsafe`), so every arm is measured by one yardstick.
+
     ep = run_episode(make_env("babyai"), ExpertPolicy(), Task("babyai", "BabyAI-GoToLocal-v0", 0), RunnerConfig())
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from agent.conversation import conversation_for, output_text
-from agent.grounding import Grounding, ground
+from agent.grounding import Grounding, ground, ground_exact
 from agent.memory import Memory, MemoryConfig, with_memory
 from agent.policies import EpisodeTimeout, Policy, PolicyError, PolicyOutput, tool_call
 from agent.runner_config import RunnerConfig  # defined there; imported from here too (public path)
@@ -60,6 +64,10 @@ class StepLog:
     confirmed: int = 0  # actions that needed confirmation and got it
     memory: str = ""  # the memory text the prompt carried ("" when memory is off)
     info: dict = field(default_factory=dict)  # the environment's verdict details (e.g. per-turn checks)
+    # harness switched off (RunnerConfig.harness_off): the executed output the full grounding rejects, and
+    # the executed actions the guard would have blocked
+    ungrounded: bool = False
+    unsafe: int = 0
     # exactly what the policy was given for this step's first attempt (the record keeps it; training
     # renders its samples from it): chat messages, and the OpenAI tools of a tool space ([] in text)
     messages: list[dict] = field(default_factory=list)
@@ -90,6 +98,10 @@ class Episode:
     @property
     def blocked_actions(self) -> int:
         return sum(s.blocked for s in self.steps)
+
+    @property
+    def unsafe_actions(self) -> int:
+        return sum(s.unsafe for s in self.steps)
 
     @property
     def false_success(self) -> bool:
@@ -133,6 +145,8 @@ class EpisodeRunner:
         self.episode_id = episode_id or uuid.uuid4().hex[:16]
         mem_cfg = MemoryConfig(**cfg.memory) if cfg.memory else MemoryConfig()
         self.memory = memory if memory is not None else (Memory(mem_cfg) if mem_cfg.enabled else None)
+        if not cfg.has("memory"):
+            self.memory = None
         self.guard = guard or SafetyGuard(cfg.safety, cfg.confirm)
         self.finished, self._begun = False, False
 
@@ -142,7 +156,9 @@ class EpisodeRunner:
         self.obs = self.env.reset(self.task)
         self.ep = Episode(episode_id=self.episode_id, task=self.task, request=self.obs.request, policy=self.policy.name,
                           task_key=task_key_of(self.task, self.obs))
-        self.conv = conversation_for(action_space_of(self.env), self.obs.request, self.cfg.history_window)
+        remembers = self.cfg.has("memory")
+        self.conv = conversation_for(action_space_of(self.env), self.obs.request,
+                                     self.cfg.history_window if remembers else 1, recent_only=not remembers)
         self.first_state, self.feedback, self.step_index, self.progress = self.obs.state, "", 0, 0.0
         return self.ep
 
@@ -204,33 +220,40 @@ class EpisodeRunner:
             raise EpisodeTimeout()
         env, step, obs = self.env, self.step_index, self.obs
         space = action_space_of(env)
-        self.conv.observe(obs, self.feedback)
+        tells = self.cfg.has("feedback")  # off: the policy is never told what happened or why
+        self.conv.observe(obs, self.feedback if tells else "")
         mem_text = self.memory.text() if self.memory is not None else ""
         messages = with_memory(self.conv.render(space), mem_text)
         first_messages = [dict(m) for m in messages]  # as given, whatever a policy does to its copy
         output, g, retries, latency = "", Grounding(error="no output"), 0, 0.0
-        for attempt in range(self.cfg.max_retries + 1):
+        last_try = self.cfg.max_retries if self.cfg.has("retry") else 0
+        for attempt in range(last_try + 1):
             t_act = time.perf_counter()
             output = self.policy.act(messages, env, step, attempt)
             latency += time.perf_counter() - t_act
-            g = ground(output, space, env)
+            g = ground(output, space, env) if self.cfg.has("grounding") else ground_exact(output, space)
             if g.ok:
                 break
-            retries = attempt + 1 if attempt < self.cfg.max_retries else attempt
-            messages = messages + self.conv.retry(output, g.error)
+            retries = attempt + 1 if attempt < last_try else attempt
+            if tells:
+                messages = messages + self.conv.retry(output, g.error)
         raw = output_text(output)
-        log = StepLog(step, obs.state, self.feedback, raw, "", False, retries, "", 0.0, env.success, False,
+        shown = self.feedback if tells else ""  # the feedback this step's prompt carried
+        log = StepLog(step, obs.state, shown, raw, "", False, retries, "", 0.0, env.success, False,
                       latency_s=latency, memory=mem_text, tool_calls=g.calls, messages=first_messages,
                       tools=list(space.tools) if space.kind == "tools" else [])
         self.ep.steps.append(log)
         self.step_index += 1
         if not g.ok:
             log.feedback = self.feedback = g.error
-            self.conv.record(output if space.kind == "tools" else "", None, [g.error])
+            if tells or space.kind == "text":  # text: the step's turn stays, its action empty
+                self.conv.record(output if space.kind == "tools" else "", None, [g.error])
             return
         log.valid, log.action = True, action_text(g, space, output)
+        log.ungrounded = not self.cfg.has("grounding") and not ground(output, space, env).ok
         results, last = self._execute(g, log)
-        self.conv.record(log.action, g, results)
+        # the guard's refusals are feedback; a tool result is what the tool returned
+        self.conv.record(log.action, g, results if tells else [r if ran else "" for r, ran in zip(results, self._ran)])
         log.feedback = self.feedback = "\n".join(results)
         if space.kind == "tools":
             log.tool_results = results
@@ -240,13 +263,17 @@ class EpisodeRunner:
 
     def _execute(self, g: Grounding, log: StepLog) -> tuple[list[str], StepResult | None]:
         results, last = [], None
+        self._ran = []  # per result: the action ran (False: the guard refused it, or the episode had ended)
         for action in g.actions:
             may_run, level, why = self.guard.check(self.env, action)
-            if not may_run:
+            if not may_run and self.cfg.has("safety"):
                 log.blocked = True
                 results.append(why)
+                self._ran.append(False)
                 continue
-            log.confirmed += level == "confirm"
+            log.unsafe += not may_run  # the guard is off: it runs, and is counted
+            log.confirmed += level == "confirm" and may_run
+            self._ran.append(True)
             last = self.env.step(action)
             self.obs, self.progress = last.observation, last.progress
             results.append(last.feedback)
@@ -254,6 +281,7 @@ class EpisodeRunner:
             log.verified_success = last.success
             log.info.update(last.info)
             if last.terminated:  # calls after the end are not run; each still gets an answer
+                self._ran += [False] * (len(g.actions) - len(results))
                 results += ["not executed: the episode had ended"] * (len(g.actions) - len(results))
                 break
         return results, last

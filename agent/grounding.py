@@ -98,6 +98,40 @@ def ground(output: Any, space: ActionSpace, env: Any = None) -> Grounding:
     raise ValueError(f"unknown action space kind {space.kind!r}: expected 'text' or 'tools'")
 
 
+def ground_exact(output: Any, space: ActionSpace) -> Grounding:
+    """Grounding switched off (`RunnerConfig(harness_off=["grounding"])`): what the environment takes as
+    written. Text: exactly an action name (surrounding whitespace aside: no aliases, no action inside a
+    sentence, no precondition). Tools: the calls as written, names and arguments unchecked, or a
+    plain-text reply. Only output that is no action at all is refused."""
+    content, tool_calls = _split(output)
+    if space.kind == "text":
+        name = content.strip()
+        if name not in space.names:
+            return Grounding(error=f"{name[:40]!r} is not an action name; reply with one of: {', '.join(space.names)}")
+        return Grounding([Action(name)], claim=space.claims.get(name, ""))
+    if not tool_calls and has_calls(content):
+        tool_calls, errors = _calls_from_text(content)
+        if errors:
+            return Grounding(error="unreadable tool call: " + " | ".join(errors))
+    if not tool_calls:
+        if not space.message_action:
+            return Grounding(error=f"reply with a tool call; available: {', '.join(space.names)}")
+        return Grounding([Action(space.message_action, {"content": content.strip()})], claim=message_claim(content))
+    actions, calls = [], []
+    for i, call in enumerate(tool_calls):
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        name, args = fn.get("name"), fn.get("arguments", {})
+        try:
+            args = (json.loads(args) if args.strip() else {}) if isinstance(args, str) else args
+        except ValueError as e:
+            return Grounding(error=f"unreadable tool call: call {i + 1}: malformed JSON arguments ({e})")
+        if not isinstance(name, str) or not name or not isinstance(args, dict):
+            return Grounding(error=f"unreadable tool call: call {i + 1} needs a name and an arguments object")
+        actions.append(Action(name, args))
+        calls.append({"id": call.get("id") or "", "name": name, "arguments": args})
+    return Grounding(actions, calls=calls)
+
+
 def _split(output: Any) -> tuple[str, list]:
     if isinstance(output, str) or output is None:
         return output or "", []

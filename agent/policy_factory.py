@@ -5,6 +5,8 @@ benches all build their policies here.
     build_policy({"kind": "expert"})                                  the environment's expert
     build_policy({"kind": "random", "seed": 0})                       the floor
     build_policy({"kind": "prefix-expert", "seed": 0, "max_prefix": 12})
+    build_policy({"kind": "expert", "plant": {"fault": "skip_last", "rate": 0.3}})   planted false claims (agent/planted.py)
+    build_policy({"kind": "faulty-expert", "p_invalid": 0.3, "p_unsafe": 0.3})    garbled outputs, a stray rm
     build_policy({"kind": "model", "base_url": URL, "model": NAME, "temperature": 0.0, "retries": 3})
     build_policy(PolicySpec(kind="scripted", script={task_id: [outputs]}))   replay (sessions, gold data)
     build_policy(spec, on_crash="fail_episode")                        evaluation's crash handling
@@ -21,10 +23,11 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from agent.planted import FaultyExpertPolicy, PlantedFaultPolicy
 from agent.policies import (EpisodeTimeout, ExpertPolicy, ModelPolicy, PolicyError, PrefixExpertPolicy, RandomPolicy,
                             ScriptedPolicy)
 
-KINDS = ("expert", "random", "prefix-expert", "model", "scripted")
+KINDS = ("expert", "random", "prefix-expert", "model", "scripted", "faulty-expert")
 OnCrash = Literal["raise", "fail_episode"] | None
 
 
@@ -46,6 +49,11 @@ class PolicySpec:
     api_key: str | None = None  # None: $LAM_API_KEY, else "EMPTY"
     # scripted: task_id -> the outputs to replay, in order
     script: dict = field(default_factory=dict, hash=False)
+    # expert: {"fault": "early_done" | "skip_last", "rate": r}: false claims of done planted in a share r
+    plant: dict = field(default_factory=dict, hash=False)
+    # faulty-expert: chance of a garbled output, and per episode of one stray destructive action
+    p_invalid: float = 0.3
+    p_unsafe: float = 0.3
 
     @classmethod
     def from_dict(cls, spec: dict) -> PolicySpec:
@@ -77,8 +85,14 @@ def build_policy(spec: PolicySpec | dict, *, on_crash: OnCrash = None):
 
 
 def _bare(s: PolicySpec):
+    if s.plant:
+        if s.kind != "expert":
+            raise ValueError(f"planted faults play the environment's expert: policy kind 'expert', not {s.kind!r}")
+        return PlantedFaultPolicy(str(s.plant.get("fault")), float(s.plant.get("rate", 0.3)), seed=int(s.seed))
     if s.kind == "expert":
         return ExpertPolicy()
+    if s.kind == "faulty-expert":
+        return FaultyExpertPolicy(seed=int(s.seed), p_invalid=float(s.p_invalid), p_unsafe=float(s.p_unsafe))
     if s.kind == "random":
         return RandomPolicy(seed=int(s.seed))
     if s.kind == "prefix-expert":
@@ -92,7 +106,7 @@ def _bare(s: PolicySpec):
                            max_tokens=int(s.max_tokens), seed=int(s.seed), timeout_s=float(s.timeout_s),
                            retries=int(s.retries), api_key=s.api_key or os.environ.get("LAM_API_KEY", "EMPTY"),
                            tool_max_tokens=int(s.tool_max_tokens))
-    raise ValueError(f"unknown policy kind {s.kind!r}: expected expert, random, prefix-expert or model")
+    raise ValueError(f"unknown policy kind {s.kind!r}: expected expert, random, prefix-expert, faulty-expert or model")
 
 
 class _Guarded:
@@ -103,6 +117,11 @@ class _Guarded:
     @property
     def usage(self) -> dict:
         return getattr(self.inner, "usage", {})
+
+    @property
+    def planted(self) -> bool | None:
+        """A planted false claim in this episode (agent/planted.py); None for policies that plant none."""
+        return getattr(self.inner, "planted", None)
 
 
 class RaiseOnCrash(_Guarded):

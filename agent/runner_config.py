@@ -14,6 +14,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The harness around the policy, part by part (`lam eval --ablate` switches each off; agent/episode.py):
+#   memory     agent/memory.py and the conversation's past steps (text: a history window of 1; tools:
+#              the requests and the latest call with its results only)
+#   feedback   what the runner tells the policy: env feedback lines, grounding errors on a retry or a
+#              rejected step, the guard's refusals (tool results themselves stay: they are observations)
+#   retry      further tries after an unparseable or invalid output (max_retries is then 0)
+#   grounding  agent/grounding.py's parsing and validation: only exact action names (text) or tool calls
+#              as written (tools, unchecked) are executed, no aliases, schemas or preconditions
+#   safety     the guard (agent/safety.py): nothing is blocked; what it would have blocked is counted
+HARNESS = ("memory", "feedback", "retry", "grounding", "safety")
+Component = Literal["memory", "feedback", "retry", "grounding", "safety"]
+
 
 class RunnerConfig(BaseModel):
     # types only: ranges a public caller must keep are the agent API's (agent/api.py), internal runs keep theirs
@@ -29,6 +41,12 @@ class RunnerConfig(BaseModel):
     # safety levels per action name or per env class, e.g. {"rm": "forbidden", "confirm": "forbidden"}
     safety: dict[str, Literal["allowed", "confirm", "forbidden"]] = Field(default_factory=dict)
     confirm: Literal["approve", "deny"] = "approve"  # what 'confirm' actions get without a person
+    # harness components switched off (HARNESS above); [] is the whole harness, as always
+    harness_off: list[Component] = Field(default_factory=list)
+
+    def has(self, component: str) -> bool:
+        """Whether this harness component is on."""
+        return component not in self.harness_off
 
 
 def wire(runner: RunnerConfig | dict) -> dict:

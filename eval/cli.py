@@ -4,6 +4,8 @@
     lam eval --suite robustness --model-url URL --levels BabyAI-GoToLocal-v0 --trials 3 --out runs/rob [--resume]
     lam eval compare runs/rob runs/rob-baseline --out runs/rob-vs-baseline
     lam eval --replay runs/eval/model
+    lam eval --suite planted --policy expert --env toolworld --levels L1,L3,L5 --p 0.3 --out runs/planted
+    lam eval --ablate all --policy model --model-url URL --model export --episodes 100 --out runs/ablate
 """
 from __future__ import annotations
 
@@ -18,11 +20,17 @@ if TYPE_CHECKING:  # imported where used, so `lam eval --help` stays quick
 
 
 def add_args(s: argparse.ArgumentParser) -> None:
-    s.description = "lam eval [--suite success|robustness|safety|faults] ... | lam eval compare DIR1 DIR2 ..."
+    s.description = ("lam eval [--suite success|robustness|safety|faults|planted] [--ablate COMPONENTS] ... | "
+                     "lam eval compare DIR1 DIR2 ...")
     s.add_argument("words", nargs="*", metavar="compare DIR", help="`compare DIR1 DIR2 ...`: side-by-side report of runs")
-    s.add_argument("--suite", default=None, choices=["success", "robustness", "safety", "faults"],
+    s.add_argument("--suite", default=None, choices=["success", "robustness", "safety", "faults", "planted"],
                    help="run a suite and write report.json/md/html to --out (without it: the plain evaluation)")
-    s.add_argument("--policy", default="model", choices=["model", "random", "expert", "prefix-expert"])
+    s.add_argument("--ablate", default=None, metavar="COMPONENTS",
+                   help="harness ablation (eval/ablation.py): memory,feedback,retry,grounding,safety or all; runs "
+                        "the full harness, each one off, and all off, on the same tasks")
+    s.add_argument("--safety", default=None, metavar="NAME=LEVEL,...",
+                   help="the guard's levels per action name or class, e.g. drop=forbidden (allowed|confirm|forbidden)")
+    s.add_argument("--policy", default="model", choices=["model", "random", "expert", "prefix-expert", "faulty-expert"])
     s.add_argument("--model-url", default=None)
     s.add_argument("--model", default="lam-action-model")
     s.add_argument("--api-key", default=None, help="also read from LAM_API_KEY; never written to reports")
@@ -73,6 +81,14 @@ def main(a) -> int:
         print(f"comparison of {len(a.words) - 1} runs: {out}/report.md, {out}/report.html")
         return 0
     levels = a.levels.split(",")
+    ablate = None
+    if a.ablate is not None:
+        from eval.ablation import parse_components
+
+        if a.suite not in (None, "ablation"):
+            raise ValueError(f"--ablate runs its own suite; drop --suite {a.suite}")
+        ablate, a.suite = parse_components(a.ablate), "ablation"
+    safety = _safety_levels(a.safety) if a.safety is not None else None
     sample_tasks(a.env, levels, "test", 1)  # validates env and levels before anything starts
     if a.policy == "model":
         if not a.model_url:
@@ -85,6 +101,8 @@ def main(a) -> int:
     else:
         policy = {"kind": a.policy, "seed": a.seed}
     runner = RunnerConfig(max_steps=a.max_steps, history_window=a.history_window)
+    if safety is not None:
+        runner.safety = safety  # set (and so in fingerprints and reports) only when given
     if a.suite is None:  # the original single-policy evaluation, as the pipeline runs it
         return _plain(a, levels, policy, runner)
     from eval.report import print_suite_summary
@@ -93,13 +111,26 @@ def main(a) -> int:
     runner.time_limit_s = a.time_limit_s or 60.0  # the suite's report and fingerprints hold the dict form
     cfg = SuiteConfig(suite=a.suite, env=a.env, levels=levels, episodes=a.episodes, trials=a.trials, policy=policy,
                       runner=wire(runner), workers=a.workers, out=a.out or f"runs/eval-{a.suite}", base_seed=a.base_seed,
-                      variants=a.variants.split(",") if a.variants else None, p=a.p)
+                      variants=a.variants.split(",") if a.variants else None, p=a.p, ablate=ablate)
     report = run_suite(cfg, resume=a.resume, html=not a.no_html)
     print_suite_summary([(Path(cfg.out), report)])
     print(f"reports: {cfg.out}/report.json, report.md" + ("" if a.no_html else ", report.html"))
     for why in report["failures"]:  # the report is written; the exit code says it measured nothing usable
         print(f"lam eval: error: {why}", file=sys.stderr)
     return 1 if report["failures"] else 0
+
+
+def _safety_levels(text: str) -> dict[str, str]:
+    """`--safety drop=forbidden,rm=confirm` -> {"drop": "forbidden", "rm": "confirm"}; one-line errors."""
+    from agent.safety import LEVELS
+
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, level = item.partition("=")
+        if not sep or not name.strip() or level.strip() not in LEVELS:
+            raise ValueError(f"--safety {item!r}: expected NAME=LEVEL with LEVEL one of {', '.join(LEVELS)}")
+        out[name.strip()] = level.strip()
+    return out
 
 
 def _plain(a, levels: list[str], policy: dict, runner: RunnerConfig) -> int:

@@ -58,6 +58,7 @@ class EvalChunk:
     perturbation: dict | None = None
     episode_retries: int = 2
     seed: int = 0
+    runner: dict | None = None  # the runner's settings for this chunk (an ablation arm); None: the fleet's
 
     def __len__(self) -> int:
         return len(self.units)
@@ -69,11 +70,13 @@ def eval_chunk(actor, c: EvalChunk, attempt: int = 0) -> dict:
     key = json.dumps(c.perturbation or {}, sort_keys=True)
     env = actor.cached(("perturbed", key), lambda: PerturbedEnv(actor.env, c.perturbation, seed=c.seed))
     die_at = _death(c, attempt)
+    runner = actor.runner if c.runner is None else actor.cached(
+        ("runner", json.dumps(c.runner, sort_keys=True)), lambda: RunnerConfig(**c.runner))
     out = []
     for i, (task, trial) in enumerate(c.units):
         if i == die_at:
             os._exit(17)  # the actor_death fault: this worker process dies mid-chunk (OOM kill, lost node)
-        out.append(_run_one(actor, env, task, trial, c, attempt))
+        out.append(_run_one(actor, env, task, trial, c, attempt, runner))
     return {"results": out}
 
 
@@ -91,14 +94,15 @@ def _policy(actor, spec: dict, trial: int):
                         lambda: build_policy({**spec, "seed": seed}, on_crash="fail_episode"))
 
 
-def _run_one(actor, env: PerturbedEnv, task: Task, trial: int, c: EvalChunk, chunk_attempt: int) -> dict:
+def _run_one(actor, env: PerturbedEnv, task: Task, trial: int, c: EvalChunk, chunk_attempt: int,
+             runner: RunnerConfig) -> dict:
     policy, eid, model = _policy(actor, c.policy, trial), episode_id(task, c.id_prefix, trial), c.policy.get("model", "")
     errors: list[str] = []
     for attempt in range(c.episode_retries + 1):
         env.begin_episode(trial, f"{chunk_attempt}.{attempt}")
         tokens0 = dict(policy.usage)
         try:
-            ep = run_episode(env, policy, task, actor.runner, episode_id=eid)
+            ep = run_episode(env, policy, task, runner, episode_id=eid)
         except Exception as e:  # the environment (or something under it) broke: not the agent's doing
             errors.append(f"{type(e).__name__}: {e}"[:300])
             continue
@@ -111,6 +115,10 @@ def _run_one(actor, env: PerturbedEnv, task: Task, trial: int, c: EvalChunk, chu
                 else [placeholder_row(eid, task, policy.name, model, ep.end_reason, ep.error)])
         meta = {"trial": trial, "attempts": attempt + 1, "errors": errors, "events": env.events,
                 "progress": env.progress, "tokens": tokens, "policy_crash": policy.crash}
+        if runner.harness_off:  # what the whole harness would have refused (agent/episode.py)
+            meta.update(unsafe=ep.unsafe_actions, ungrounded=sum(s.ungrounded for s in ep.steps))
+        if getattr(policy, "planted", None) is not None:  # agent/planted.py: a false claim planted here
+            meta["planted"] = bool(policy.planted)
         return {"rows": rows, "meta": meta}
     rows = [placeholder_row(eid, task, policy.name, model, "infra_error", errors[-1])]
     meta = {"trial": trial, "attempts": c.episode_retries + 1, "errors": errors, "events": [],
@@ -149,7 +157,9 @@ def run_units(name: str, env: str, units: list[tuple[Task, int]], policy: dict, 
     store.set_meta(fingerprint=fp, name=name)
     done = {k.split("/", 1)[1] for k in manifest["shards"] if k.startswith("episodes/")}
     chunks = [(f"chunk-{i // chunk:05d}", units[i : i + chunk]) for i in range(0, len(units), chunk)]
-    todo = [EvalChunk(n, c, name, policy, perturbation, episode_retries, seed) for n, c in chunks if n not in done]
+    # the runner travels with each chunk: a shared fleet (`pool`) serves arms with other settings
+    todo = [EvalChunk(n, c, name, policy, perturbation, episode_retries, seed, runner)
+            for n, c in chunks if n not in done]
     stats = {"episodes": len(units), "episodes_run": sum(len(c) for c in todo), "chunks": len(chunks),
              "chunks_run": len(todo), "actor_deaths": 0, "chunk_retries": 0, "wall_s": 0.0}
     if not todo:

@@ -160,7 +160,7 @@ def render_markdown(columns: list[tuple[Path, dict]]) -> str:
             lines += ["", f"## {v}", ""]
             lines += _md_table(["metric"] + [column_label(o, r) for o, r in have],
                                [[lbl] + [row.get(lbl, "—") for row in rows] for lbl in labels])
-    lines += _faults_md(columns) + _safety_md(columns)
+    lines += _ablation_md(columns) + _faults_md(columns) + _safety_md(columns)
     lines += ["", "## Success per level", ""]
     header = ["level", "variant"] + [column_label(o, r) for o, r in columns]
     table = []
@@ -180,6 +180,18 @@ def render_markdown(columns: list[tuple[Path, dict]]) -> str:
               "every agent metric and counted separately. Intervals: Wilson (rates), Newcombe (changes), "
               "bootstrap over tasks (pass^k), percentile bootstrap (means)."]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_md(columns: list[tuple[Path, dict]]) -> list[str]:
+    """The harness ablation (eval/ablation.py): one row per arm, its change from the full harness."""
+    from eval.ablation import NOTE, ablation_rows
+
+    lines = []
+    for out, r in columns:
+        if r.get("ablation"):
+            header, rows = ablation_rows(r["ablation"])
+            lines += ["", f"## Harness ablation: {column_label(out, r)}", ""] + _md_table(header, rows) + ["", NOTE]
+    return lines
 
 
 def _faults_md(columns: list[tuple[Path, dict]]) -> list[str]:
@@ -257,6 +269,16 @@ def print_suite_summary(columns: list[tuple[Path, dict]]) -> None:
         for lbl in (dict.fromkeys(lbl for v in variants for lbl in rows[v])):
             table.add_row(lbl, *[rows[v].get(lbl, "—") for v in variants])
         console.print(table)
+        if r.get("ablation"):
+            from eval.ablation import ablation_rows
+
+            header, rows = ablation_rows(r["ablation"])
+            ablation = Table(title=f"harness ablation: {column_label(out, r)}")
+            for col in header:
+                ablation.add_column(col)
+            for row in rows:
+                ablation.add_row(*row)
+            console.print(ablation)
         console.print(sampling_line(r.get("sampling")))
         for why in r.get("failures", []):
             console.print(f"FAILED: {why}", style="bold red", markup=False, soft_wrap=True)

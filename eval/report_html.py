@@ -101,7 +101,10 @@ def _column(out: Path, report: dict, per_kind: int) -> str:
         _plot(plots.latency_histogram(report), "latency histogram"),
         _plot(plots.confusion(report), "claimed vs verified"),
     ]) + "</div>"
-    return f'<div class="col">{head}{skipped}{graphs}<h3>replays</h3>{_replays(out, report, per_kind)}</div>'
+    # replays are minigrid GIFs: other worlds (the tool world) have none to draw
+    replays = (_replays(out, report, per_kind) if c["env"] == "babyai"
+               else f"<p>no replay images for env {html.escape(c['env'])}</p>")
+    return f'<div class="col">{head}{skipped}{graphs}<h3>replays</h3>{replays}</div>'
 
 
 def _safety_html(report: dict) -> str:
@@ -116,6 +119,19 @@ def _safety_html(report: dict) -> str:
             cls = ' class="bad"' if s["vacuous"] else ""
             parts.append(f"<p{cls}>{html.escape(name)}: {html.escape(verdict)}; "
                          f"injected into {s['injected_steps']} steps, one of:</p><ul>{texts}</ul>")
+    return "".join(parts)
+
+
+def _ablation_html(columns: list[tuple[Path, dict]]) -> str:
+    """The harness ablation table (eval/ablation.py) of each run that has one."""
+    from eval.ablation import NOTE, ablation_rows
+
+    parts = []
+    for out, r in columns:
+        if r.get("ablation"):
+            header, rows = ablation_rows(r["ablation"])
+            parts.append(f'<h2>Harness ablation: {html.escape(column_label(out, r))}</h2>'
+                         f'<div id="ablation">{_table(header, rows)}</div><p>{html.escape(NOTE)}</p>')
     return "".join(parts)
 
 
@@ -146,5 +162,5 @@ def render_html(columns: list[tuple[Path, dict]], per_kind: int = 1) -> str:
             "errors are excluded from agent metrics and counted separately. Replays are re-run in plain minigrid.")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{header}<p>{note}</p>"
-            f"<h2>Summary</h2>{''.join(tables)}<h2>Plots and replays</h2>{grid}"
+            f"<h2>Summary</h2>{''.join(tables)}{_ablation_html(columns)}<h2>Plots and replays</h2>{grid}"
             f"<div id=\"render-check\">render check did not run</div><script>{CHECK_JS}</script></body></html>")

@@ -57,6 +57,16 @@ def safety_cell(s: dict | None) -> str:
     return f"meaningful: `{s['target']}` emitted in {s['emitted']} of {s['steps']} steps"
 
 
+def planted_cell(p: dict | None) -> str:
+    """Planted false claims against the false successes the verdicts found (eval/suites.py _planted)."""
+    if not p:
+        return "—"
+    verdict = "recovered exactly" if p["recovered"] else "NOT RECOVERED"
+    rate = p["planted"] / p["episodes"] if p["episodes"] else 0.0
+    return (f"{p['planted']} of {p['episodes']} ({pct(rate)}, {p['fault']} at rate {p['rate']:g}); "
+            f"false successes {p['false_success']}: {verdict}")
+
+
 def metric_rows(report: dict, variant: str) -> list[tuple[str, str]]:
     """(label, value) rows describing one variant of one run: what every report table shows."""
     v = report["variants"][variant]
@@ -91,6 +101,9 @@ def metric_rows(report: dict, variant: str) -> list[tuple[str, str]]:
                  f"{pct(b['value'])} {interval(b['ci95'])} of {b['n']}" if target else "—"))
     rows.append(("forbidden actions attempted (blocked)", f"{m['forbidden_attempts']} in "
                                                           f"{m['episodes_with_forbidden']['k']} episodes"))
+    rows.append(("unsafe actions executed (guard off)", f"{m.get('unsafe_executed', 0)} in "
+                 f"{m.get('episodes_with_unsafe', {}).get('k', 0)} episodes"))
+    rows.append(("planted false claims", planted_cell(v.get("planted"))))
     rows.append(("safety test", safety_cell(v.get("safety"))))
     rows.append(("faults injected", faults_cell(v.get("faults"))))
     run = v["run"]

@@ -4,10 +4,19 @@
     lam eval --suite robustness --policy model --model-url http://127.0.0.1:8000/v1 --trials 3 --out runs/rob
     lam eval --suite safety     --policy model --model-url URL --out runs/safety
     lam eval --suite faults     --policy model --model-url URL --out runs/faults [--resume]
+    lam eval --suite planted    --policy expert --env toolworld --levels L1,L3,L5 --p 0.3 --out runs/planted
+    lam eval --ablate all       --policy model --model-url URL --out runs/ablate      (eval/ablation.py)
 
 Every variant runs the same tasks x trials into its own store `OUT/<variant>/`; the report
 (`OUT/report.json|md|html`) compares each variant with `clean`. Perturbations wrap the
-environment's observation and action channel (eval/perturb.py) and never its verdict.
+environment's observation and action channel (eval/perturb.py) and never its verdict. A variant may
+also plant false claims of done (`plant`, agent/planted.py: the report checks that the false successes
+it counts are exactly the planted ones) or switch harness components off (`harness_off`: the ablation).
+
+Planted truth for other users (the outcome verifier): `lam eval --suite planted --policy expert` writes,
+per world, `OUT/clean` (the expert: no false success), `OUT/early_done` and `OUT/skip_last` (a share
+--p of the episodes claim done before the task is done); `events/*.json` says per episode whether it
+was planted ("planted": true).
 """
 from __future__ import annotations
 
@@ -43,7 +52,14 @@ SUITES: dict[str, dict[str, dict]] = {
         "env_crash": {"kind": "env_crash", "p": 0.02},
         "actor_death": {"kind": "actor_death", "p": 0.2},  # per chunk: its worker dies mid-chunk
     },
+    "planted": {  # the expert, claiming done too early in a share `rate` of episodes (--p sets it)
+        "clean": NONE,
+        "early_done": {"kind": "none", "plant": {"fault": "early_done", "rate": 0.3}},
+        "skip_last": {"kind": "none", "plant": {"fault": "skip_last", "rate": 0.3}},
+    },
+    "ablation": {},  # its variants are the arms `--ablate` names (eval/ablation.py arm_specs)
 }
+VARIANT_KEYS = ("proxy", "plant", "harness_off")  # what a variant sets besides its perturbation
 
 
 @dataclass
@@ -62,12 +78,17 @@ class SuiteConfig:
     p: float | None = None  # override the probability of every perturbed variant
     episode_retries: int = 2
     chunk_retries: int = 2
+    ablate: list[str] | None = None  # suite "ablation": the harness components to switch off, one arm each
 
 
 def variant_specs(cfg: SuiteConfig) -> dict[str, dict]:
     if cfg.suite not in SUITES:
         raise ValueError(f"unknown suite {cfg.suite!r}; known: {', '.join(SUITES)}")
     specs = SUITES[cfg.suite]
+    if cfg.suite == "ablation":
+        from eval.ablation import HARNESS, arm_specs
+
+        specs = arm_specs(cfg.ablate or list(HARNESS))
     names = cfg.variants or list(specs)
     unknown = [n for n in names if n not in specs]
     if unknown:
@@ -77,6 +98,8 @@ def variant_specs(cfg: SuiteConfig) -> dict[str, dict]:
         spec = json.loads(json.dumps(specs[n]))
         if cfg.p is not None and "p" in spec:
             spec["p"] = cfg.p
+        if cfg.p is not None and "plant" in spec:
+            spec["plant"]["rate"] = cfg.p
         if cfg.p is not None and "proxy" in spec:
             spec["proxy"] = {k: (cfg.p if k.endswith("_p") else v) for k, v in spec["proxy"].items()}
         out[n] = spec
@@ -94,6 +117,8 @@ def _public(cfg: SuiteConfig) -> dict:
     d = asdict(cfg)
     d["policy"] = {k: v for k, v in cfg.policy.items() if k not in ("api_key", "base_url")}
     d.pop("workers")
+    if d["ablate"] is None:  # not an ablation: suite.json as before, so earlier runs still resume
+        d.pop("ablate")
     return d
 
 
@@ -128,6 +153,12 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
     try:
         for name, spec in specs.items():
             policy, proxy = dict(cfg.policy), None
+            if "plant" in spec:
+                if policy.get("kind") != "expert":
+                    meta["skipped"][name] = "planted faults play the environment's expert: --policy expert"
+                    continue
+                policy["plant"] = spec["plant"]
+            runner = {**cfg.runner, "harness_off": spec["harness_off"]} if spec.get("harness_off") else cfg.runner
             if "proxy" in spec:
                 if policy.get("kind") != "model":
                     meta["skipped"][name] = "model-server faults need --policy model"
@@ -143,9 +174,9 @@ def run_suite(cfg: SuiteConfig, resume: bool = False, progress: bool = True, htm
                 proxy = start_fault_proxy(policy["base_url"], seed=cfg.base_seed, max_lifetime_s=12 * 3600.0,
                                           max_requests=len(units) * steps * tries, **knobs)
                 policy["base_url"] = proxy.base_url
-            perturbation = {k: v for k, v in spec.items() if k != "proxy"}
+            perturbation = {k: v for k, v in spec.items() if k not in VARIANT_KEYS}
             try:
-                stats = run_units(name, cfg.env, units, policy, cfg.runner, cfg.workers, out / name,
+                stats = run_units(name, cfg.env, units, policy, runner, cfg.workers, out / name,
                                   perturbation=perturbation, chunk=chunk_size(len(units), cfg.policy.get("kind", "")),
                                   progress=progress, episode_retries=cfg.episode_retries,
                                   chunk_retries=cfg.chunk_retries, seed=cfg.base_seed, pool=pool)
@@ -230,6 +261,16 @@ def _safety(out: Path, spec: dict, overall: dict, meta: dict) -> dict | None:
             "why": why, "injected_text": [t.format(target=target) for t in INJECTIONS]}
 
 
+def _planted(spec: dict, overall: dict) -> dict | None:
+    """A planting variant: how many false claims were planted, and whether the environment-verdict
+    metrics found exactly those (the expert makes none of its own: the clean variant shows it)."""
+    if "plant" not in spec:
+        return None
+    p = overall["planted_false_claims"]
+    return {**spec["plant"], "planted": p["k"], "episodes": p["n"], "false_success": overall["false_success"],
+            "recovered": p["n"] == overall["episodes"] and p["k"] == overall["false_success"]}
+
+
 def build_report(out: str | Path) -> dict:
     """The suite's report from what is on disk (so it can be rebuilt, and compared, at any time)."""
     from eval.evaluator import load_episodes
@@ -255,6 +296,7 @@ def build_report(out: str | Path) -> dict:
             "overall": overall,
             "faults": faults,
             "safety": _safety(out, spec, overall, meta),
+            "planted": _planted(spec, overall),
             "levels": per_level(eps),
             "pass_k": pass_k_curve([e for e in eps if not e["infra_error"]]),
             "latency_hist": latency_histogram(eps),
@@ -263,10 +305,19 @@ def build_report(out: str | Path) -> dict:
                     "chunk_retries": sum(r["chunk_retries"] for r in runs)},
         }
         report["failures"] += _failures(name, overall, faults)
+        planted = report["variants"][name]["planted"]
+        if planted and not planted["recovered"]:
+            report["failures"].append(f"variant {name}: {planted['planted']} false claims planted in "
+                                      f"{planted['episodes']} episodes, {planted['false_success']} false successes "
+                                      f"reported in {overall['episodes']}")
     base = report["variants"].get("clean")
     for name, v in report["variants"].items():
         if base and name != "clean" and base["overall"]["episodes"] and v["overall"]["episodes"]:  # else undefined
             report["effects"][name] = effect(base["overall"], v["overall"])
+    if report["suite"] == "ablation":
+        from eval.ablation import ablation_table
+
+        report["ablation"] = ablation_table(report)
     return report
 
 

@@ -163,18 +163,26 @@ def test_compare_writes_side_by_side_reports(planted, tmp_path, ray_local):
     assert main(["eval", "compare", str(out), str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
 
 
+def chromium_flags(tmp_path: Path) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000"]  # no network: any fetch would fail
+
+
+def chromium_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM of a report.html after headless Chromium loaded it and ran its scripts."""
+    assert re.findall(r'(?:src|href)="(?!data:)', page.read_text()) == []  # self-contained: nothing to fetch
+    return subprocess.run([CHROMIUM, *chromium_flags(tmp_path), "--dump-dom", page.as_uri()], capture_output=True,
+                          text=True, timeout=120).stdout
+
+
 @pytest.mark.skipif(not CHROMIUM, reason="headless check needs Debian's chromium: apt-get install -y chromium")
 def test_report_html_renders_plots_and_replays_in_headless_chromium(planted, tmp_path):
     out, _ = planted
     page = out / "report.html"
-    text = page.read_text()
-    assert re.findall(r'(?:src|href)="(?!data:)', text) == []  # self-contained: nothing to fetch
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}",
-             "--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000"]  # no network: any fetch would fail
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    flags = chromium_flags(tmp_path)
+    dom = chromium_dom(page, tmp_path)
     check = re.search(r'<div id="render-check"([^>]*)>', dom)
     assert check, "render check element missing from the DOM"
     attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', check.group(1)))
