@@ -59,6 +59,7 @@ class SessionManager:
         self.host = host if host is not None else SessionHost(memory_path)
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # the server is going down: leave live sessions for the next one
         t0 = time.perf_counter()
         self.rebuilt, self.recovered = self._rebuild_left_live()  # recovered: the ones that came back interrupted
         self.rebuild_s = time.perf_counter() - t0
@@ -101,7 +102,10 @@ class SessionManager:
         _make_env(req["env"]).close()  # a missing package answers 400 here
         sid = uuid.uuid4().hex[:16]
         session = SessionSpec(req["env"], asdict(task), policy_spec, runner_cfg.model_dump())
-        opened = self.host.open(sid, session)
+        try:
+            opened = self.host.open(sid, session)
+        except HostLost:  # its worker died while opening it: the fleet has replaced it, open again
+            opened = self.host.open(sid, session)
         if not opened["ok"]:
             raise ApiError(400, "invalid_task", f"cannot start {task.task_id!r} in {req['env']!r}: {opened['error']}")
         now = time.time()
@@ -161,6 +165,8 @@ class SessionManager:
     def _run(self, sess: LiveSession) -> None:
         with sess.lock:
             while not sess.finished:
+                if self._stopping.is_set():  # stays `running` in the store: the next server rebuilds and resumes it
+                    return
                 if sess.cancel.is_set():
                     if self._call(sess, "stop", "cancelled") is False:
                         return
@@ -281,9 +287,14 @@ class SessionManager:
             row.pop("examples")
         return rows
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 5.0) -> None:
+        """The server stops (SIGTERM, a redeploy): running sessions end their step in flight and stay
+        `running` in the store, idle ones `idle`; the next server on the store rebuilds them."""
+        self._stopping.set()
+        deadline = time.monotonic() + wait_s
         for sess in list(self.live.values()):
-            sess.cancel.set()
+            if sess.thread is not None:
+                sess.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _make_env(name: str):

@@ -98,3 +98,31 @@ def test_sigkill_restart_rebuilds_idle_and_running_sessions_and_catches_a_tamper
             assert c.get("/health").json()["status"] == "ok"
         finally:
             server.stop()
+
+
+def test_a_graceful_stop_leaves_running_sessions_for_the_next_server(tmp_path):
+    """A redeploy (SIGTERM: the app's shutdown) cancels nothing: the running session stays `running` in
+    the store and the next manager on it resumes it to the end."""
+    from agent.sessions import SessionManager, SessionStore
+
+    db = str(tmp_path / "s.db")
+    with FakeOpenAI(["turn left"] * 6 + ["done"], delay=0.1) as url:
+        m = SessionManager(SessionStore(db))
+        sid = m.create({"env": "babyai", "seed": 4, "policy": {"kind": "model", "base_url": url, "model": "m"}}, "")["id"]
+        deadline = time.time() + 30
+        while m.describe(sid, "", steps=False)["steps"] < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        m.shutdown()
+        row = m.describe(sid, "", steps=False)
+        assert row["status"] == "running" and row["steps"] < 7
+        m.store.close()
+        m = SessionManager(SessionStore(db))
+        assert m.rebuilt == 1
+        deadline = time.time() + 30
+        while m.describe(sid, "", steps=False)["status"] == "running" and time.time() < deadline:
+            time.sleep(0.05)
+        row = m.describe(sid, "")
+        assert row["status"] == "finished" and row["end_reason"] == "claimed_done" and row["rebuilds"] == 1
+        assert [s["step"] for s in row["transcript"]] == list(range(row["steps"]))
+        m.shutdown()
+        m.store.close()
