@@ -8,9 +8,10 @@ process's threads) and `python -m data_collection.session_fleet --workers N` (se
 actors, a local Ray this server starts and stops). Each gets the same N x per-worker expert sessions
 (BabyAI, one level, distinct seeds) at once; agent steps/s = steps of all sessions / wall time from the
 first create to the last session finished. Prints both and their ratio.
-Phase 2: `--load` sessions created by 32 client threads at once against the in-process server
-(--max-live above the load), polled to the end: every HTTP status seen (no 5xx allowed), every
-session accounted for and finished, and the server's peak RSS (VmHWM from /proc) before and after.
+Phase 2: `--load` sessions created idle by 32 client threads at once against the in-process server
+(--max-live above the load), all live together (checked), then all run (POST /run) and polled to the
+end: every HTTP status seen (no 5xx allowed), every session accounted for and finished, and the
+server's peak RSS (VmHWM from /proc) at start and at the end.
 """
 from __future__ import annotations
 
@@ -42,21 +43,26 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _drive(url: str, bodies: list[dict], clients: int, timeout_s: float) -> dict:
-    """Create every session at once (from `clients` threads), poll until none is live; statuses and steps."""
+def _drive(url: str, bodies: list[dict], clients: int, timeout_s: float, hold: bool = False) -> dict:
+    """Create every session at once (from `clients` threads), poll until none is live; statuses and steps.
+    hold: create them idle, check that all are live at once, then start them all (POST /run)."""
     import httpx
 
     codes: Counter = Counter()
     t0 = time.perf_counter()
 
-    def create(body):
+    def post(path, body=None):
         with httpx.Client(base_url=url, timeout=120) as c:
-            r = c.post("/v1/sessions", json=body)
+            r = c.post(path, json=body)
             codes[r.status_code] += 1
             return r.json().get("id")
 
+    held = None
     with ThreadPoolExecutor(clients) as pool:
-        ids = list(pool.map(create, bodies))
+        ids = list(pool.map(lambda b: post("/v1/sessions", {**b, "run": not hold}), bodies))
+        if hold:
+            held = httpx.get(url + "/health", timeout=60).json()["live_sessions"]
+            list(pool.map(lambda i: post(f"/v1/sessions/{i}/run"), [i for i in ids if i]))
     with httpx.Client(base_url=url, timeout=120) as c:
         while True:
             r = c.get("/v1/sessions")
@@ -69,14 +75,14 @@ def _drive(url: str, bodies: list[dict], clients: int, timeout_s: float) -> dict
             time.sleep(0.2)
     wall = time.perf_counter() - t0
     mine = [rows.get(i) for i in ids]
-    return {"wall_s": wall, "codes": dict(codes), "created": sum(i is not None for i in ids),
+    return {"wall_s": wall, "codes": dict(codes), "created": sum(i is not None for i in ids), "held": held,
             "found": sum(r is not None for r in mine), "statuses": dict(Counter(r["status"] for r in mine if r)),
             "steps": sum(r["steps"] for r in mine if r), "success": sum(bool(r["success"]) for r in mine if r)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=2, help="Ray actors of the fleet server")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors of the fleet server (0: skip phase 1)")
     p.add_argument("--per-worker", type=int, default=4, help="concurrent sessions per actor in phase 1")
     p.add_argument("--level", default="BabyAI-GoToObjMaze-v0", help="BabyAI level of every session")
     p.add_argument("--load", type=int, default=200, help="concurrent sessions in phase 2 (0: skip)")
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     n = a.workers * a.per_worker
     bodies = [{"env": "babyai", "level": a.level, "seed": 100 + i} for i in range(n)]
     results = {}
-    for name, module, args in [("in-process", "agent.api", ()),
+    for name, module, args in [] if not a.workers else [("in-process", "agent.api", ()),
                                (f"ray x{a.workers}", "data_collection.session_fleet", ("--workers", str(a.workers)))]:
         server = _server(module, tmp / f"{name.split()[0]}.db", "--max-live", str(max(n, 64)), *args)
         try:
@@ -95,21 +101,23 @@ def main(argv: list[str] | None = None) -> None:
             server.stop()
         print(f"{name:>11}: {n} sessions, {r['steps']} agent steps in {r['wall_s']:.1f}s = "
               f"{r['steps'] / r['wall_s']:.1f} steps/s; {r['statuses']}; success {r['success']}/{n}", flush=True)
-    base, ray_ = results["in-process"], results[f"ray x{a.workers}"]
-    print(f"ratio ray/in-process: {(ray_['steps'] / ray_['wall_s']) / (base['steps'] / base['wall_s']):.2f}x "
-          f"(same sessions, same steps: {ray_['steps'] == base['steps']})")
+    if results:
+        base, ray_ = results["in-process"], results[f"ray x{a.workers}"]
+        print(f"ratio ray/in-process: {(ray_['steps'] / ray_['wall_s']) / (base['steps'] / base['wall_s']):.2f}x "
+              f"(same sessions, same steps: {ray_['steps'] == base['steps']})")
     if a.load:
         server = _server("agent.api", tmp / "load.db", "--max-live", str(a.load + 8))
         try:
             idle_rss = _peak_rss_mb(server.pid)
             load = [{"env": "babyai", "seed": 1000 + i} for i in range(a.load)]
-            r = _drive(server.root_url, load, 32, a.timeout)
+            r = _drive(server.root_url, load, 32, a.timeout, hold=True)
             peak = _peak_rss_mb(server.pid)
         finally:
             server.stop()
         fives = sum(v for k, v in r["codes"].items() if k >= 500)
         lost = a.load - r["found"]
-        print(f"load: {a.load} concurrent sessions in {r['wall_s']:.1f}s; HTTP {r['codes']}; 5xx: {fives}; "
+        print(f"load: {a.load} sessions, {r['held']} live at once, all done in {r['wall_s']:.1f}s; HTTP {r['codes']}; "
+              f"5xx: {fives}; "
               f"lost sessions: {lost}; {r['statuses']}; {r['steps']} steps; server peak RSS {peak:.0f} MB "
               f"(at start {idle_rss:.0f} MB)")
         if fives or lost or r["statuses"].get("finished", 0) != a.load:

@@ -9,11 +9,15 @@ each session to its actor and persists its steps. `SessionFleet` has the host's 
 session manager (agent/sessions.py) cannot tell it from the in-process host. A session is opened on the
 actor with the fewest; an actor that dies is replaced (Fleet.call) and the sessions it held are found
 missing on their next call (`HostLost`): the manager rebuilds each from the store on the new actor
-(agent/session_rebuild.py) and goes on. Ray is stopped on exit only if this process started it.
+(agent/session_rebuild.py) and goes on. Ray is stopped on exit (SIGTERM included) only if this
+process started it; a SIGKILLed server can leave some of the local Ray's agent processes behind (Ray's
+own fate-sharing misses them), so long-lived deployments join a cluster (RAY_ADDRESS) instead.
 """
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import threading
 from collections import Counter
 
@@ -44,12 +48,13 @@ class SessionFleet:
 
         from data_collection.ray_local import init_ray
 
-        started = init_ray()  # RAY_ADDRESS, else a private local cluster
-        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1) / cpus))
+        was_up = ray.is_initialized()
         try:
+            started = init_ray()  # RAY_ADDRESS, else a private local cluster
+            n = workers or max(1, int(ray.cluster_resources().get("CPU", 1) / cpus))
             self.fleet = Fleet(n, env="", runner={}, cpus=cpus, ray_restarts=0, concurrency=ACTOR_CONCURRENCY)
-        except BaseException:
-            if started:
+        except BaseException:  # a SIGTERM or an error while Ray starts: stop what was started
+            if not was_up:
                 ray.shutdown()
             raise
         self.fleet._started_ray = started  # the fleet's close() stops what this process started
@@ -137,6 +142,7 @@ def add_args(s: argparse.ArgumentParser) -> None:
 def main(a: argparse.Namespace) -> int:
     if a.action != "serve" or not (a.ray or a.workers):
         return agent_cli.main(a)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped while Ray starts: shut it down (finally)
     fleet = SessionFleet(a.workers, memory_path=a.db + ".memory.jsonl")
     print(f"sessions run in {len(fleet.pids)} Ray actors (PIDs {', '.join(map(str, fleet.pids))})", flush=True)
     try:
