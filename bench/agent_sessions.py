@@ -83,7 +83,7 @@ def _drive(url: str, bodies: list[dict], clients: int, timeout_s: float, hold: b
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2, help="Ray actors of the fleet server (0: skip phase 1)")
-    p.add_argument("--per-worker", type=int, default=4, help="concurrent sessions per actor in phase 1")
+    p.add_argument("--per-worker", type=int, default=8, help="concurrent sessions per actor in phase 1")
     p.add_argument("--level", default="BabyAI-GoToObjMaze-v0", help="BabyAI level of every session")
     p.add_argument("--load", type=int, default=200, help="concurrent sessions in phase 2 (0: skip)")
     p.add_argument("--timeout", type=float, default=150.0, help="seconds per phase before giving up")
