@@ -1,6 +1,8 @@
 """The agent HTTP API: sessions over the one episode runner, persisted in SQLite.
 
     lam agent serve --host 127.0.0.1 --port 8100 --db runs/agent/sessions.db [--api-key KEY:MAX_LIVE ...]
+    lam agent serve --workers 4            # sessions' environments and policies in 4 Ray actors (local Ray)
+    lam agent serve --ray                  # ... in Ray actors, one per CPU of the cluster (RAY_ADDRESS or local)
 
     POST   /v1/sessions               {env, level?, seed?, split?, policy?, limits?, runner?, run?} -> 201 session
     GET    /v1/sessions               every session with its status (yours, with API keys)
@@ -15,6 +17,8 @@ policy: {"kind": "expert"} | {"kind": "random", "seed": 0} | {"kind": "scripted"
 limits: {"max_steps", "time_limit_s", "max_retries"}; runner: {"memory", "safety", "confirm", "history_window"}.
 Errors are JSON {"error": {"code", "message"}} with a specific 4xx status; a session whose
 environment or policy breaks ends as failed or with end_reason policy_error, and nothing else stops.
+A restart (SIGKILL included) rebuilds idle and running sessions from the store (agent/sessions.py);
+one server process owns a store (`<db>.lock`): a second one on the same --db exits with an error.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agent.console.web import mount_console
 from agent.runner_config import RunnerConfig
-from agent.sessions import TERMINAL, ApiError, SessionManager, SessionStore
+from agent.sessions import TERMINAL, ApiError, SessionManager, SessionStore, StoreOwned
 
 
 class _Strict(BaseModel):
@@ -89,13 +93,16 @@ class _JsonBodies:
         await self.app(scope, receive, send)
 
 
-def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64):
+def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64, host=None):
+    """The app over the store at `db_path` (StoreOwned while another process owns it). `host`: where
+    sessions run (agent/session_host.py); None runs them in this process."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
-    manager = SessionManager(SessionStore(db_path), api_keys, max_live, memory_path=db_path + ".memory.jsonl")
+    manager = SessionManager(SessionStore(db_path), api_keys, max_live, memory_path=db_path + ".memory.jsonl",
+                             host=host)
     app = FastAPI(title="lam agent API")
     app.add_middleware(_JsonBodies)
     app.state.manager = manager
@@ -129,7 +136,8 @@ def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: i
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "live_sessions": len(manager.live), "recovered_interrupted": manager.recovered}
+        return {"status": "ok", "live_sessions": len(manager.live), "rebuilt": manager.rebuilt,
+                "recovered_interrupted": manager.recovered, "host": type(manager.host).__name__}
 
     @app.post("/v1/sessions", status_code=201)
     async def create(body: CreateSession, request: Request):
@@ -212,19 +220,33 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--api-key", action="append", default=[], metavar="KEY[:MAX_LIVE]",
                    help="require this key (repeatable); MAX_LIVE caps its live sessions (also LAM_AGENT_API_KEYS)")
     p.add_argument("--max-live", type=int, default=64, help="live sessions in total")
+    p.add_argument("--ray", action="store_true", help="run sessions' environments and policies in Ray actors "
+                   "(RAY_ADDRESS, else a local Ray started here); this process routes and persists")
+    p.add_argument("--workers", type=int, default=0, help="Ray actors for sessions (starts local Ray; implies "
+                   "--ray); 0 with --ray: one per CPU of the cluster")
     return p
 
 
-def serve(a: argparse.Namespace) -> None:
+def serve(a: argparse.Namespace, host=None) -> None:
+    """Run the server; `host` is where sessions run (`lam agent serve --ray` passes the Ray fleet's)."""
+    import sys
+
     import uvicorn
 
+    if (getattr(a, "ray", False) or getattr(a, "workers", 0)) and host is None:
+        sys.exit("lam agent serve: --ray/--workers need the Ray fleet: run `lam agent serve --ray` "
+                 "(or python -m data_collection.session_fleet --ray), not python -m agent.api")
     env_keys = [k for k in os.environ.get("LAM_AGENT_API_KEYS", "").split(",") if k]
     keys = parse_keys(a.api_key + env_keys)
     if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"warning: serving the agent API on {a.host} without API keys", flush=True)
-    app = create_app(a.db, keys or None, a.max_live)
-    print(f"agent API on http://{a.host}:{a.port}/v1/sessions (db {a.db}, "
-          f"{app.state.manager.recovered} interrupted sessions recovered)", flush=True)
+    try:
+        app = create_app(a.db, keys or None, a.max_live, host=host)
+    except StoreOwned as e:
+        sys.exit(f"lam agent serve: error: {e}")
+    m = app.state.manager
+    print(f"agent API on http://{a.host}:{a.port}/v1/sessions (db {a.db}; sessions run in {type(m.host).__name__}; "
+          f"{m.rebuilt} live sessions rebuilt, {m.recovered} interrupted, in {m.rebuild_s:.1f}s)", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
 
 

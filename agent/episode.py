@@ -162,18 +162,22 @@ class EpisodeRunner:
         self.first_state, self.feedback, self.step_index, self.progress = self.obs.state, "", 0, 0.0
         return self.ep
 
-    def _begin(self) -> None:
+    def begin(self, examples: list[dict] | None = None) -> None:
+        """Before the first step: the policy's and memory's start of the episode. `examples`: the
+        long-term memory retrieved when a rebuilt session first began (its store may have grown since)."""
         self._begun = True
         self.policy.begin(self.env, self.task)
         if self.memory is not None:
             self.memory.begin(self.env.name, self.episode_id, self.obs.request, self.obs.state)
+            if examples is not None:
+                self.memory.examples = examples
             self.ep.examples = [{k: x[k] for k in ("episode_id", "score", "request")} for x in self.memory.examples]
 
     def run(self) -> Episode:
         self.start()
         try:
             with _time_limit(self.cfg.time_limit_s):
-                self._begin()
+                self.begin()
                 while not self.finished:
                     self._step()
         except EpisodeTimeout:
@@ -186,7 +190,7 @@ class EpisodeRunner:
         """One step (the API's stepping mode); None when the episode had already ended."""
         try:
             if not self._begun:
-                self._begin()
+                self.begin()
             n = len(self.ep.steps)
             self._step()
             return self.ep.steps[-1] if len(self.ep.steps) > n else None

@@ -219,6 +219,7 @@ class ModelPolicy:
     """A model behind any OpenAI-compatible server (the embedded one, vLLM, a hosted model)."""
 
     name = "model"
+    replay_by_asking = False  # stateless between calls: a session rebuild replays its recorded outputs
 
     def __init__(
         self,

@@ -36,6 +36,17 @@ def record_script(ep: Episode) -> list:
     return script
 
 
+def recorded_output(step: dict):
+    """One recorded step (a StepLog as a dict) as the output its policy gave: the grounded tool calls
+    with their original ids (the conversation carries them), else the raw text. Invalid steps give
+    their raw text, which grounds to the same rejection again. Session rebuilds (agent/session_rebuild.py)
+    replay every step this way, valid or not, so step indices and conversation turns line up."""
+    if step.get("valid") and step.get("tool_calls"):
+        return PolicyOutput(tool_calls=[{"id": c.get("id") or "", "type": "function", "function": {
+            "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}} for c in step["tool_calls"]])
+    return step.get("raw_output", "")
+
+
 def _changed(value, rng: random.Random):
     if isinstance(value, bool):
         return not value

@@ -1,34 +1,34 @@
 """Agent sessions: one episode each, driven step by step or run to completion in a thread, and
-persisted in SQLite (WAL) so a restart loses none.
+persisted in SQLite (agent/session_store.py) so a restart loses none.
 
-Every step is written together with its session row in one transaction: a SIGKILL can only lose the
-step in flight, never leave a half-written row. On start, sessions that were idle or running are
-marked `interrupted` (their environment lived in the dead process); finished ones stay readable.
+Episodes run on a host (agent/session_host.py): in this process, or in Ray actors with
+`lam agent serve --ray` (data_collection/session_fleet.py); this module routes, persists and decides
+statuses. On start, sessions a previous process left idle or running are rebuilt from their record
+(agent/session_rebuild.py: a fresh environment, the recorded steps re-run, the state digest checked
+per step): idle ones come back idle, running ones run on, transcripts intact. The same happens to the
+sessions of a Ray actor that died. Only a divergence ends a session `interrupted`, naming the step.
 
 Statuses: idle (created, waiting for step/run) · running · finished (the episode ended: see
 end_reason, success, claim) · cancelled · failed (the environment or the server broke, see error)
-· interrupted (the API stopped while the session was live).
+· interrupted (its episode could not be rebuilt: `diverged_step` and `error` say where and why).
 """
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from agent.episode import EpisodeRunner, RunnerConfig
-from agent.memory import EpisodicStore, Memory, MemoryConfig
+from agent.episode import RunnerConfig
+from agent.memory import MemoryConfig
 from agent.policies import ModelEndpointError, check_model_endpoint
+from agent.session_host import HostLost, SessionHost, SessionSpec
+from agent.session_rebuild import Divergence
+from agent.session_store import SessionStore, StoreOwned  # noqa: F401  (the API's import path)
 from envs.base import Task
 
 LIVE = ("idle", "running")
 TERMINAL = ("finished", "cancelled", "failed", "interrupted")
-_COLUMNS = ("id", "api_key", "env", "task", "policy", "runner", "status", "created", "updated", "steps", "success",
-            "claimed_done", "claim", "end_reason", "error", "progress", "false_success", "invalid_actions",
-            "blocked_actions")
-_JSON = ("task", "policy", "runner")
 
 
 class ApiError(Exception):
@@ -39,112 +39,30 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class SessionStore:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process kill loses no commit
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, api_key TEXT, env TEXT, task TEXT, policy TEXT, "
-            "runner TEXT, status TEXT, created REAL, updated REAL, steps INTEGER DEFAULT 0, success INTEGER DEFAULT 0, "
-            "claimed_done INTEGER DEFAULT 0, claim TEXT DEFAULT '', end_reason TEXT DEFAULT '', error TEXT DEFAULT '', "
-            "progress REAL DEFAULT 0, false_success INTEGER DEFAULT 0, invalid_actions INTEGER DEFAULT 0, "
-            "blocked_actions INTEGER DEFAULT 0)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS steps (session_id TEXT, step INTEGER, body TEXT, "
-                         "PRIMARY KEY (session_id, step))")
-
-    def _tx(self, statements: list[tuple[str, tuple]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def recover(self) -> int:
-        """Mark sessions left live by a previous process as interrupted; returns how many."""
-        with self._lock:
-            n = self._db.execute("SELECT COUNT(*) FROM sessions WHERE status IN ('idle','running')").fetchone()[0]
-        self._tx([("UPDATE sessions SET error = 'the agent API stopped while this session was ' || status, "
-                   "status = 'interrupted', updated = ? WHERE status IN ('idle','running')", (time.time(),))])
-        return n
-
-    def insert(self, row: dict) -> None:
-        row = {k: json.dumps(v) if k in _JSON else v for k, v in row.items()}
-        cols = ", ".join(row)
-        self._tx([(f"INSERT INTO sessions ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))])
-
-    def _set(self, sid: str, fields: dict) -> tuple[str, tuple]:
-        fields = {**fields, "updated": time.time()}
-        return f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", (*fields.values(), sid)
-
-    def update(self, sid: str, **fields) -> None:
-        self._tx([self._set(sid, fields)])
-
-    def add_step(self, sid: str, step: dict, **fields) -> None:
-        """The step row and the session's counters in one transaction."""
-        self._tx([("INSERT OR REPLACE INTO steps (session_id, step, body) VALUES (?, ?, ?)",
-                   (sid, step["step"], json.dumps(step, default=str))), self._set(sid, fields)])
-
-    def owner(self, sid: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT api_key FROM sessions WHERE id = ?", (sid,)).fetchone()
-        return row[0] if row else None
-
-    def get(self, sid: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM sessions WHERE id = ?", (sid,)).fetchone()
-        return _row(row) if row else None
-
-    def list(self, api_key: str | None = None) -> list[dict]:
-        sql, args = f"SELECT {', '.join(_COLUMNS)} FROM sessions", ()
-        if api_key is not None:
-            sql, args = sql + " WHERE api_key = ?", (api_key,)
-        with self._lock:
-            return [_row(r) for r in self._db.execute(sql + " ORDER BY created", args).fetchall()]
-
-    def steps(self, sid: str, after: int = -1) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute("SELECT body FROM steps WHERE session_id = ? AND step > ? ORDER BY step",
-                                    (sid, after)).fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-
-def _row(values) -> dict:
-    row = dict(zip(_COLUMNS, values))
-    for k in _JSON:
-        row[k] = json.loads(row[k]) if row[k] else None
-    for k in ("success", "claimed_done", "false_success"):
-        row[k] = bool(row[k])
-    row.pop("api_key")
-    return row
-
-
 @dataclass
 class LiveSession:
     id: str
     api_key: str
-    runner: EpisodeRunner
+    spec: SessionSpec
     lock: threading.Lock = field(default_factory=threading.Lock)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    finished: bool = False  # the episode ended; _finish has not run yet
 
 
 class SessionManager:
     """Creates, steps, runs and cancels sessions; the HTTP layer (agent/api.py) only translates."""
 
     def __init__(self, store: SessionStore, api_keys: dict[str, int] | None = None, max_live: int = 64,
-                 memory_path: str | None = None) -> None:
+                 memory_path: str | None = None, host=None) -> None:
         self.store, self.api_keys, self.max_live = store, api_keys or {}, max_live
+        self.host = host if host is not None else SessionHost(memory_path)
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
-        self.memory_store = EpisodicStore(memory_path)
-        self.recovered = store.recover()
+        self._stopping = threading.Event()  # the server is going down: leave live sessions for the next one
+        t0 = time.perf_counter()
+        self.rebuilt, self.recovered = self._rebuild_left_live()  # recovered: the ones that came back interrupted
+        self.rebuild_s = time.perf_counter() - t0
 
     # -- auth --------------------------------------------------------------------------
     def owner(self, api_key: str | None) -> str:
@@ -179,24 +97,24 @@ class SessionManager:
                 raise ApiError(429, "too_many_sessions", f"{len(mine)} live sessions for this key (limit {limit}); "
                                "wait for one to finish or DELETE one")
         policy_spec = dict(req.get("policy") or {"kind": "expert"})
-        policy = _build_policy(policy_spec, task)
+        _build_policy(policy_spec, task)  # a bad spec answers 400 here, before any worker is asked
         runner_cfg = _runner_config(req)
-        env = _make_env(req["env"])
+        _make_env(req["env"]).close()  # a missing package answers 400 here
         sid = uuid.uuid4().hex[:16]
-        mem = MemoryConfig(**runner_cfg.memory)
-        memory = Memory(mem, self.memory_store) if mem.enabled else None
-        runner = EpisodeRunner(env, policy, task, runner_cfg, episode_id=sid, memory=memory)
+        session = SessionSpec(req["env"], asdict(task), policy_spec, runner_cfg.model_dump())
         try:
-            runner.start()
-        except (ValueError, KeyError, IndexError) as e:
-            env.close()
-            raise ApiError(400, "invalid_task", f"cannot start {task.task_id!r} in {req['env']!r}: {e}") from None
+            opened = self.host.open(sid, session)
+        except HostLost:  # its worker died while opening it: the fleet has replaced it, open again
+            opened = self.host.open(sid, session)
+        if not opened["ok"]:
+            raise ApiError(400, "invalid_task", f"cannot start {task.task_id!r} in {req['env']!r}: {opened['error']}")
         now = time.time()
-        public_policy = {k: v for k, v in policy_spec.items() if k != "api_key"}
+        public_policy = {k: v for k, v in policy_spec.items() if k != "api_key"}  # a secret is never stored
         self.store.insert({"id": sid, "api_key": key, "env": req["env"], "task": asdict(task), "policy": public_policy,
-                           "runner": runner_cfg.model_dump(), "status": "idle", "created": now, "updated": now})
+                           "runner": runner_cfg.model_dump(), "status": "idle", "created": now, "updated": now,
+                           "secret": int("api_key" in policy_spec)})
         with self._lock:
-            self.live[sid] = LiveSession(sid, key, runner)
+            self.live[sid] = LiveSession(sid, key, session)
         if req.get("run", True):
             self.run(sid, key)
         return self.describe(sid, key, steps=False)
@@ -207,19 +125,21 @@ class SessionManager:
         if sess.thread is not None:
             raise ApiError(409, "session_running", f"session {sid} is running to completion; GET it or DELETE it")
         with sess.lock:
-            self._advance(sess)
-            if sess.runner.finished:
+            if sid in self.live and self._advance(sess) and sess.finished:
                 self._finish(sess)
         return self.describe(sid, key)
 
     def run(self, sid: str, key: str) -> dict:
         sess = self._live(sid, key, "run")
+        self._start_thread(sess)
+        return self.describe(sid, key, steps=False)
+
+    def _start_thread(self, sess: LiveSession) -> None:
         with sess.lock:
             if sess.thread is None:
-                self.store.update(sid, status="running")
-                sess.thread = threading.Thread(target=self._run, args=(sess,), name=f"session-{sid}", daemon=True)
+                self.store.update(sess.id, status="running")
+                sess.thread = threading.Thread(target=self._run, args=(sess,), name=f"session-{sess.id}", daemon=True)
                 sess.thread.start()
-        return self.describe(sid, key, steps=False)
 
     def cancel(self, sid: str, key: str) -> dict:
         row = self._session(sid, key)
@@ -229,8 +149,8 @@ class SessionManager:
         sess.cancel.set()
         if sess.thread is None:  # idle: nobody else will notice the flag
             with sess.lock:
-                sess.runner.stop("cancelled")
-                self._finish(sess)
+                if sid in self.live and self._call(sess, "stop", "cancelled") is not False:
+                    self._finish(sess)
         else:
             sess.thread.join(timeout=5)
         return self.describe(sid, key, steps=False)
@@ -244,29 +164,50 @@ class SessionManager:
 
     def _run(self, sess: LiveSession) -> None:
         with sess.lock:
-            while not sess.runner.finished:
+            while not sess.finished:
+                if self._stopping.is_set():  # stays `running` in the store: the next server rebuilds and resumes it
+                    return
                 if sess.cancel.is_set():
-                    sess.runner.stop("cancelled")
+                    if self._call(sess, "stop", "cancelled") is False:
+                        return
                     break
                 if not self._advance(sess):
                     return
             self._finish(sess)
 
+    def _call(self, sess: LiveSession, method: str, *args):
+        """A host call for this session; a host that lost it (its Ray actor died) gets it rebuilt from the
+        store first, once. False when the session ended on the way (a failed rebuild: interrupted)."""
+        for attempt in (0, 1):
+            try:
+                return getattr(self.host, method)(sess.id, *args)
+            except HostLost as e:
+                if attempt or not self._rebuild(sess, str(e)):
+                    if sess.id in self.live:
+                        self._end(sess, "interrupted", f"{e}; the rebuild failed too")
+                    return False
+        return False
+
     def _advance(self, sess: LiveSession) -> bool:
         """One step, persisted. Anything the runner raises fails this session only."""
-        try:
-            log = sess.runner.advance()
-        except Exception as e:  # an environment crash or a bug: this session fails, the server goes on
-            self._fail(sess, f"{type(e).__name__}: {e}")
+        out = self._call(sess, "advance")
+        if out is False:
             return False
-        ep = sess.runner.ep
-        if log is not None:
-            self.store.add_step(sess.id, asdict(log), steps=len(ep.steps), invalid_actions=ep.invalid_actions,
-                                blocked_actions=ep.blocked_actions, progress=sess.runner.progress)
+        if out["error"]:
+            self._fail(sess, out["error"])
+            return False
+        sess.finished = out["finished"]
+        counters = {k: out[k] for k in ("steps", "invalid_actions", "blocked_actions", "progress")}
+        if "examples" in out:  # the long-term memory of the first step: a rebuild must show the same
+            counters["examples"] = sess.spec.examples = out["examples"]
+        if out["log"] is not None:
+            self.store.add_step(sess.id, out["log"], out["digest"], **counters)
         return True
 
     def _finish(self, sess: LiveSession) -> None:
-        ep = sess.runner.finish()
+        ep = self._call(sess, "finish")
+        if ep is False:
+            return
         status = "cancelled" if ep.end_reason == "cancelled" else "finished"
         self.store.update(sess.id, status=status, steps=len(ep.steps), success=ep.success, claimed_done=ep.claimed_done,
                           claim=ep.claim, end_reason=ep.end_reason, error=ep.error, progress=ep.progress,
@@ -275,34 +216,85 @@ class SessionManager:
         self._release(sess)
 
     def _fail(self, sess: LiveSession, error: str) -> None:
-        sess.runner.stop("error", error)
-        self.store.update(sess.id, status="failed", end_reason="error", error=error[:2000])
+        self._end(sess, "failed", error, end_reason="error")
+
+    def _end(self, sess: LiveSession, status: str, error: str, **fields) -> None:
+        try:
+            self.host.close(sess.id)
+        except Exception:  # a dead worker holds nothing to close
+            pass
+        self.store.update(sess.id, status=status, error=error[:2000], **fields)
         self._release(sess)
 
     def _release(self, sess: LiveSession) -> None:
         with self._lock:
             self.live.pop(sess.id, None)
+
+    # -- rebuild -----------------------------------------------------------------------
+    def _rebuild_left_live(self) -> tuple[int, int]:
+        """Rebuild every session a previous process left idle or running; (rebuilt, interrupted)."""
+        rebuilt = interrupted = 0
+        for row in self.store.live():
+            sess = LiveSession(row["id"], row["api_key"], SessionSpec(row["env"], row["task"], row["policy"],
+                                                                      row["runner"], row["examples"]))
+            with self._lock:
+                self.live[sess.id] = sess
+            why = "the agent API stopped while this session was " + row["status"]
+            if row["secret"]:  # its model key was never stored: it cannot be asked again
+                self._end(sess, "interrupted", why + "; its policy's api_key is not stored, so it cannot be "
+                          "rebuilt: start a new session", diverged_step=0)
+            elif self._rebuild(sess, why):
+                rebuilt += 1
+                if sess.finished:  # the process died between the last step and its end
+                    with sess.lock:
+                        self._finish(sess)
+                elif row["status"] == "running":
+                    sess.thread = None
+                    self._start_thread(sess)
+                continue
+            interrupted += 1
+        return rebuilt, interrupted
+
+    def _rebuild(self, sess: LiveSession, why: str) -> bool:
+        """Rebuild one session on the host from its record; on a divergence it ends interrupted."""
+        steps, digests = self.store.steps(sess.id), self.store.digests(sess.id)
         try:
-            sess.runner.env.close()
-        except Exception:
-            pass
+            diverged = self.host.rebuild(sess.id, sess.spec, steps, digests)
+        except Exception as e:  # the worker died again, or the spec no longer builds
+            diverged = Divergence(len(steps), f"{type(e).__name__}: {e}")
+        if diverged is not None:
+            self._end(sess, "interrupted", f"{why}; rebuilding it diverged at step {diverged.step}: {diverged.reason}",
+                      diverged_step=diverged.step, end_reason="rebuild_diverged")
+            return False
+        sess.finished = bool(steps) and self.host.finished(sess.id)
+        row = self.store.get(sess.id)
+        self.store.update(sess.id, rebuilds=(row["rebuilds"] if row else 0) + 1)
+        return True
 
     # -- read --------------------------------------------------------------------------
     def describe(self, sid: str, key: str, steps: bool = True) -> dict:
         row = self._session(sid, key)
         if steps:
             row["transcript"] = self.store.steps(sid)
-        sess = self.live.get(sid)
-        if sess is not None and sess.runner.memory is not None:
-            row["memory_examples"] = sess.runner.ep.examples
+        examples = row.pop("examples")
+        if examples is not None:
+            row["memory_examples"] = [{k: x[k] for k in ("episode_id", "score", "request")} for x in examples]
         return row
 
     def list(self, key: str) -> list[dict]:
-        return self.store.list(key if self.api_keys else None)
+        rows = self.store.list(key if self.api_keys else None)
+        for row in rows:
+            row.pop("examples")
+        return rows
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 5.0) -> None:
+        """The server stops (SIGTERM, a redeploy): running sessions end their step in flight and stay
+        `running` in the store, idle ones `idle`; the next server on the store rebuilds them."""
+        self._stopping.set()
+        deadline = time.monotonic() + wait_s
         for sess in list(self.live.values()):
-            sess.cancel.set()
+            if sess.thread is not None:
+                sess.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _make_env(name: str):
@@ -315,20 +307,18 @@ def _make_env(name: str):
 
 
 def _build_policy(spec: dict, task: Task):
-    from agent.policy_factory import PolicySpec, build_policy
+    """Check a policy spec as the session's host will build it: a specific 4xx for what is wrong."""
+    from agent.session_host import build_session_policy
 
-    if spec.get("kind") == "scripted":
-        actions = spec.get("actions")
-        if not isinstance(actions, list):
-            raise ApiError(400, "invalid_policy", "policy kind 'scripted' needs 'actions': a list of outputs to replay")
-        return build_policy(PolicySpec(kind="scripted", script={task.task_id: actions}))
+    if spec.get("kind") == "scripted" and not isinstance(spec.get("actions"), list):
+        raise ApiError(400, "invalid_policy", "policy kind 'scripted' needs 'actions': a list of outputs to replay")
     if spec.get("kind") == "model":
         missing = [k for k in ("base_url", "model") if not spec.get(k)]
         if missing:
             raise ApiError(400, "invalid_policy", f"policy kind 'model' needs {' and '.join(missing)}")
         _check_model_endpoint(spec)
     try:
-        return build_policy(spec)
+        return build_session_policy(spec, task)
     except (ValueError, TypeError, KeyError) as e:
         raise ApiError(400, "invalid_policy", str(e)) from None
 

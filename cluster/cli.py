@@ -40,7 +40,9 @@ COMMANDS = [
     ("eval", "evaluate a policy on held-out tasks with Ray agent actors (suites, compare)", "eval.cli", "add_args", "main"),
     ("cluster", "launch on a Ray cluster: ray up/down, Ray Jobs submission, status",
      "cluster.commands", "add_cluster_args", "cluster_main"),
-    ("agent", "the agent API (sessions over the episode runner); replay audits", "agent.cli", "add_args", "main"),
+    # data_collection.session_fleet: agent.cli's commands, plus the Ray fleet behind `serve --ray`
+    ("agent", "the agent API (sessions over the episode runner); replay audits", "data_collection.session_fleet",
+     "add_args", "main"),
     ("view", "browse a finished evaluation run or a dataset: episodes, transcripts, replays (127.0.0.1, read-only)",
      "eval.view", "add_args", "main"),
 ]

@@ -18,11 +18,14 @@ raise, the default, or a result that records the loss), kills actors stuck past 
 and can be shared by several runs (the variants of a suite). With `ray_restarts` > 0 Ray itself
 restarts a dead actor and re-runs its chunks first (collection); evaluation uses 0 so every death is
 counted. `workers=0` runs chunks in this process (the plain-process baseline of bench/collect.py).
+`call(slot, work, chunk)` runs a chunk on one given actor and waits: work whose state lives in an
+actor between chunks (agent sessions, data_collection/session_fleet.py) is routed that way.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -53,7 +56,7 @@ class RolloutActor:
         if "torch" in sys.modules:  # only if something imported it: importing torch costs seconds per actor
             sys.modules["torch"].set_num_threads(1)  # many processes share the cores: oversubscription is slow
         self.env_name = env
-        self.env = make_env(env)
+        self.env = make_env(env) if env else None  # "": the chunks make their own (agent sessions: one each)
         self.runner = RunnerConfig(**runner)
         self._cache: dict = {}
         if setup is not None:  # e.g. build the policy now: a bad spec fails the fleet's start, not a chunk
@@ -121,7 +124,8 @@ class Fleet:
 
     def __init__(self, workers: int, env: str, runner: RunnerConfig | dict, *, cpus: float = 1.0, depth: int = 2,
                  niceness: int | None = None, setup=None, ray_restarts: int = RESTARTS, tries: int = BATCH_TRIES,
-                 chunk_timeout_s: float | None = None, on_give_up=_give_up, start: int | None = None) -> None:
+                 chunk_timeout_s: float | None = None, on_give_up=_give_up, start: int | None = None,
+                 concurrency: int = 1) -> None:
         niceness = os.getpriority(os.PRIO_PROCESS, 0) if niceness is None else niceness
         self.args = (env, wire(runner), niceness, setup)  # the settings cross Ray as a dict
         self.depth, self.tries, self.chunk_timeout_s, self.on_give_up = depth, tries, chunk_timeout_s, on_give_up
@@ -131,6 +135,7 @@ class Fleet:
         self.actors: list = []
         self.pids: list[int] = []
         self.workers = workers
+        self._replacing = threading.Lock()  # call() may run in many threads
         if workers == 0:
             self._local = RolloutActor(*self.args)
             return
@@ -140,7 +145,9 @@ class Fleet:
 
         self.ray = ray
         self._started_ray = init_ray()
-        self._cls = ray.remote(num_cpus=cpus, max_restarts=ray_restarts, max_task_retries=ray_restarts)(RolloutActor)
+        # concurrency > 1: an actor runs that many calls at once in threads (sessions waiting on a model)
+        self._cls = ray.remote(num_cpus=cpus, max_restarts=ray_restarts, max_task_retries=ray_restarts,
+                               max_concurrency=concurrency)(RolloutActor)
         # An actor the cluster has no room for would sit pending with a chunk forever: never ask for more.
         if cpus > 0:
             self.workers = max(1, min(workers, int(ray.cluster_resources().get("CPU", 1) / cpus)))
@@ -219,6 +226,21 @@ class Fleet:
                 self.pids[job.slot] = result["pid"]
             out.append((job.chunk, result))
         return out
+
+    def call(self, slot: int, work, chunk) -> dict:
+        """Run one chunk on actor `slot` and wait for its result. An actor found dead is replaced (by the
+        first caller that sees it; the new one starts empty) and the Ray error raised to the caller."""
+        if self.workers == 0:
+            return self._local.run(work, chunk)
+        actor = self.actors[slot]
+        try:
+            return self.ray.get(actor.run.remote(work, chunk))
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError):
+            with self._replacing:
+                self.failures += 1
+                if self.actors[slot] is actor:
+                    self._replace(slot)
+            raise
 
     def _replace(self, slot: int) -> None:
         try:

@@ -14,7 +14,7 @@ from envs.babyai_balrog import register_balrog_levels
 from envs.babyai_fast import FastBabyAIBot, install_fast_obs
 from envs.babyai_text import describe_object, render_view
 from envs.babyai_variants import register_variants, variant_origin
-from envs.base import Action, Observation, StepResult, Task
+from envs.base import Action, Observation, StepResult, Task, digest
 
 # Text actions, in minigrid's action order (index == minigrid action id).
 ACTION_NAMES = ["turn left", "turn right", "go forward", "pick up", "drop", "toggle", "done"]
@@ -70,6 +70,7 @@ class BabyAIEnv:
     recorded episode replays in plain minigrid with the same level, seed and actions."""
 
     name = "babyai"
+    rebuildable = True  # deterministic in (level, seed, actions): minigrid seeds every draw from reset
 
     def __init__(self) -> None:
         self._envs: dict[str, gym.Env] = {}
@@ -125,6 +126,13 @@ class BabyAIEnv:
         for env in self._envs.values():
             env.close()
         self._envs.clear()
+
+    def state_digest(self) -> str:
+        """The whole grid (every cell's type, colour, state), the agent, what it carries, the clock."""
+        u = self.unwrapped
+        carrying = (u.carrying.type, u.carrying.color) if u.carrying else None
+        return digest(u.grid.encode().tobytes(), [int(x) for x in u.agent_pos], int(u.agent_dir), carrying,
+                      int(u.step_count), u.mission, self._success)
 
     # -- helpers -----------------------------------------------------------------------
     @property

@@ -5,6 +5,8 @@ but only the environment decides whether the task was done.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -107,11 +109,29 @@ class Environment(Protocol):
     # Optional, found with getattr by the agent:
     #   action_space() -> ActionSpace       (default: a text space over action_names())
     #   precondition(action) -> str         (why `action` cannot run now; "" when it can)
+    #   rebuildable = True                  (reset(task) + the same actions rebuild the same state: the
+    #   state_digest() -> str                agent API rebuilds live sessions after a restart from their
+    #                                        recorded actions and checks this digest after every step)
 
     @property
     def success(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def digest(*parts: Any) -> str:
+    """A short deterministic hash of JSON-able parts (bytes hashed as they are): what `state_digest()`
+    returns. Equal states give equal digests in any process; a changed part changes it."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, ensure_ascii=False, default=repr).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def rebuildable(env: "Environment") -> bool:
+    """The environment declares that its state can be rebuilt from (task, actions) and digested."""
+    return bool(getattr(env, "rebuildable", False)) and callable(getattr(env, "state_digest", None))
 
 
 class Expert(Protocol):

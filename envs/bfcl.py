@@ -22,7 +22,7 @@ registry's seed ranges onto disjoint entry sets (entry i is test when i % 5 == 4
 from __future__ import annotations
 
 from envs import bfcl_data as data
-from envs.base import Action, ActionSpace, Observation, StepResult, Task
+from envs.base import Action, ActionSpace, Observation, StepResult, Task, digest
 
 MESSAGE = "respond"  # the action a plain-text reply grounds to; closes the current turn
 TEST_EVERY = 5  # entry i is a test entry when i % TEST_EVERY == TEST_EVERY - 1
@@ -76,6 +76,7 @@ def all_tasks(levels=data.CATEGORIES) -> list[Task]:
 
 class BfclEnv:
     name = "bfcl"
+    rebuildable = True  # the package's backends are deterministic in (entry, executed calls)
 
     def __init__(self) -> None:
         data.require()
@@ -150,6 +151,11 @@ class BfclEnv:
     @property
     def success(self) -> bool:
         return self._success
+
+    def state_digest(self) -> str:
+        """The turn, every executed call, the closing messages, the verdicts so far and the APIs' state."""
+        return digest(self.turn, self.calls, self.messages, self.turn_passed, self.done, self._success,
+                      data.state_summary(self._instances))
 
     def close(self) -> None:
         if self._namespace:

@@ -25,7 +25,7 @@ import json
 from functools import lru_cache
 
 from envs import bfcl_data
-from envs.base import Action, ActionSpace, Observation, StepResult, Task
+from envs.base import Action, ActionSpace, Observation, StepResult, Task, digest
 from envs.bfcl import DESTRUCTIVE
 from envs.toolworld_tasks import LEVELS, generate, gold_plan
 from envs.toolworld_world import APIS, FILES, MESSAGES, TICKETS, TRADING
@@ -121,6 +121,7 @@ def split_of_task(task: Task) -> str:
 
 class ToolWorldEnv:
     name = "toolworld"
+    rebuildable = True  # worlds are generated from (level, split, seed); the backends are deterministic
 
     def __init__(self) -> None:
         bfcl_data.require()
@@ -180,6 +181,11 @@ class ToolWorldEnv:
 
     def close(self) -> None:
         pass
+
+    def state_digest(self) -> str:
+        """Every backend's public state, the call count, the reply and the verdict."""
+        apis = {a: bfcl_data.summarize(_public(self.apis[a])) for a in APIS}
+        return digest(apis, self.calls, self.done, self.reply, self._success, render(self.last_result))
 
     # -- verdict --------------------------------------------------------------------------
     def state_matches(self) -> bool:
