@@ -4,7 +4,8 @@
 
     POST   /v1/sessions               {env, level?, seed?, split?, policy?, limits?, runner?, run?} -> 201 session
     GET    /v1/sessions               every session with its status (yours, with API keys)
-    GET    /v1/sessions/{id}          status, claimed and verified outcome, and the transcript (steps)
+    GET    /v1/sessions/{id}          status, claimed and verified outcome, and the transcript (steps);
+                                      with --verifier, a finished one's verification {score, model, flagged}
     POST   /v1/sessions/{id}/step     one step of an idle session
     POST   /v1/sessions/{id}/run      run an idle session to completion in the background (?wait=true blocks)
     GET    /v1/sessions/{id}/events   server-sent events: one `step` event per step, then `end`
@@ -88,13 +89,20 @@ class _JsonBodies:
         await self.app(scope, receive, send)
 
 
-def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64):
+def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64,
+               verifier: str | None = None, verifier_mode: str = "flag"):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
-    manager = SessionManager(SessionStore(db_path), api_keys, max_live, memory_path=db_path + ".memory.jsonl")
+    scorer = None
+    if verifier:  # loaded (and a wrong checkpoint refused) before the server listens
+        from agent.verification import SessionVerifier
+
+        scorer = SessionVerifier.load(verifier, db_path, verifier_mode)
+    manager = SessionManager(SessionStore(db_path), api_keys, max_live, memory_path=db_path + ".memory.jsonl",
+                             verifier=scorer)
     app = FastAPI(title="lam agent API")
     app.add_middleware(_JsonBodies)
     app.state.manager = manager
@@ -209,6 +217,11 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--api-key", action="append", default=[], metavar="KEY[:MAX_LIVE]",
                    help="require this key (repeatable); MAX_LIVE caps its live sessions (also LAM_AGENT_API_KEYS)")
     p.add_argument("--max-live", type=int, default=64, help="live sessions in total")
+    p.add_argument("--verifier", default=None, metavar="PATH",
+                   help="an outcome verifier (lam train-verifier OUT/best): finished sessions get verification "
+                        "{score, model, flagged}")
+    p.add_argument("--verifier-mode", default="flag", choices=["flag", "confirm"],
+                   help="confirm: a flagged session also says confirm: true (ask the user before acting on it)")
     return p
 
 
@@ -219,7 +232,7 @@ def serve(a: argparse.Namespace) -> None:
     keys = parse_keys(a.api_key + env_keys)
     if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"warning: serving the agent API on {a.host} without API keys", flush=True)
-    app = create_app(a.db, keys or None, a.max_live)
+    app = create_app(a.db, keys or None, a.max_live, a.verifier, a.verifier_mode)
     print(f"agent API on http://{a.host}:{a.port}/v1/sessions (db {a.db}, "
           f"{app.state.manager.recovered} interrupted sessions recovered)", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)

@@ -139,8 +139,9 @@ class SessionManager:
     """Creates, steps, runs and cancels sessions; the HTTP layer (agent/api.py) only translates."""
 
     def __init__(self, store: SessionStore, api_keys: dict[str, int] | None = None, max_live: int = 64,
-                 memory_path: str | None = None) -> None:
+                 memory_path: str | None = None, verifier=None) -> None:
         self.store, self.api_keys, self.max_live = store, api_keys or {}, max_live
+        self.verifier = verifier  # agent/verification.py SessionVerifier: scores finished sessions (or None)
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
         self.memory_store = EpisodicStore(memory_path)
@@ -268,6 +269,8 @@ class SessionManager:
     def _finish(self, sess: LiveSession) -> None:
         ep = sess.runner.finish()
         status = "cancelled" if ep.end_reason == "cancelled" else "finished"
+        if self.verifier is not None and status == "finished":  # before the status says so: readers see both
+            self.verifier.record(sess.id, ep)
         self.store.update(sess.id, status=status, steps=len(ep.steps), success=ep.success, claimed_done=ep.claimed_done,
                           claim=ep.claim, end_reason=ep.end_reason, error=ep.error, progress=ep.progress,
                           false_success=ep.false_success, invalid_actions=ep.invalid_actions,
@@ -290,6 +293,8 @@ class SessionManager:
     # -- read --------------------------------------------------------------------------
     def describe(self, sid: str, key: str, steps: bool = True) -> dict:
         row = self._session(sid, key)
+        if self.verifier is not None:
+            self.verifier.attach(row)
         if steps:
             row["transcript"] = self.store.steps(sid)
         sess = self.live.get(sid)
@@ -298,7 +303,8 @@ class SessionManager:
         return row
 
     def list(self, key: str) -> list[dict]:
-        return self.store.list(key if self.api_keys else None)
+        rows = self.store.list(key if self.api_keys else None)
+        return [self.verifier.attach(r) for r in rows] if self.verifier is not None else rows
 
     def shutdown(self) -> None:
         for sess in list(self.live.values()):
