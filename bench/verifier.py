@@ -1,7 +1,7 @@
 """The outcome verifier against its baselines on held-out episodes of BabyAI and the tool world.
 
     python bench/verifier.py --babyai DIRS --babyai-lam LAM_EXPORT --toolworld DIRS --toolworld-lam LAM_EXPORT \
-        --out runs/bench-verifier [key=value ...]
+        --out runs/bench-verifier [key=value ...] [babyai.key=value ...] [toolworld.key=value ...]
 
 Runs `lam train-verifier` (training/verifier.py) once per world on that world's episode dirs (comma-separated:
 lam eval outputs, lam collect datasets, planted false-success runs) with that world's trained LAM, and prints
@@ -25,7 +25,8 @@ def main() -> None:
         p.add_argument(f"--{world}", default=None, help=f"comma-separated {world} episode dirs")
         p.add_argument(f"--{world}-lam", default=None, help=f"the trained {world} LAM export (optional)")
     p.add_argument("--out", default="runs/bench-verifier")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="VerifierConfig keys for both runs")
+    p.add_argument("overrides", nargs="*", metavar="[WORLD.]KEY=VALUE",
+                   help="VerifierConfig keys for both runs, or for one world: babyai.max_len=192")
     a = p.parse_args()
     from training.train import read_config
     from training.verifier import VerifierConfig, format_table, train_verifier
@@ -34,7 +35,9 @@ def main() -> None:
         dirs = getattr(a, world)
         if not dirs:
             continue
-        cfg = VerifierConfig(**{**read_config(None, a.overrides), "lam": getattr(a, f"{world}_lam")})
+        mine = [o.split(".", 1)[1] if o.startswith(f"{world}.") else o for o in a.overrides
+                if not o.startswith(tuple(f"{w}." for w in ("babyai", "toolworld") if w != world))]
+        cfg = VerifierConfig(**{**read_config(None, mine), "lam": getattr(a, f"{world}_lam")})
         report = train_verifier(dirs.split(","), str(Path(a.out) / world), cfg)
         print(f"\n## {world}: {report['episodes']['test']} held-out episodes of {report['test_tasks']} unseen tasks "
               f"(train {report['episodes']['train']}, validation {report['episodes']['validation']}); "

@@ -137,7 +137,7 @@ def train_scratch(train: list[Example], val: list[Example], cfg: VerifierConfig)
         epoch += 1
         vs = _scores(model, vseqs, tok.pad_token_id) if val else []
         auc = auroc(vs, [e.label for e in val]) if val else None
-        _log(f"scratch epoch {epoch}: loss {float(loss):.4f}, validation AUROC {auc}, {time.perf_counter() - t0:.0f} s")
+        _log(f"scratch epoch {epoch}: loss {loss.item():.4f}, validation AUROC {auc}, {time.perf_counter() - t0:.0f} s")
         if auc is None or auc >= best_auc:
             best_auc = -1.0 if auc is None else auc
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
