@@ -58,8 +58,9 @@ def test_train_verifier_reports_every_method_on_held_out_tasks(verifier_run):
     assert {m for w, m in rows if w == "toolworld"} == {"agent's claim", "verifier (scratch)", "TF-IDF + LR"}
     ours, claim = rows[("toolworld", "verifier (scratch)")], rows[("toolworld", "agent's claim")]
     assert ours["false_successes"] > 5 and ours["episodes"] == claim["episodes"]
-    # every episode here claims done, so the claim cannot tell anything apart; the verifier can
-    assert claim["auroc"] == 0.5 and ours["auroc"] >= 0.8
+    # nearly every episode here claims done (all but random callers that hit the step limit): the claim
+    # tells little apart, the verifier much more
+    assert ours["auroc"] >= 0.8 and ours["auroc"] >= claim["auroc"] + 0.2, (ours, claim)
     v = load_verifier(verifier_run / "best", SCHEMA_VERSION)
     assert v.meta["schema_version"] == SCHEMA_VERSION and v.meta["envs"] == ["toolworld"]
 
