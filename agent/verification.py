@@ -40,7 +40,11 @@ class SessionVerifier:
             out = {"score": None, "model": self.verifier.name, "flagged": False,
                    "note": f"the verifier was trained on {', '.join(envs)} episodes, not {ep.task.env}"}
         else:
-            out = self.verifier.verify(steps_of_episode(ep), ep.claimed_done)
+            try:
+                out = self.verifier.verify(steps_of_episode(ep), ep.claimed_done)
+            except Exception as e:  # a verifier that breaks must not break the session it scores
+                out = {"score": None, "model": self.verifier.name, "flagged": False,
+                       "error": f"{type(e).__name__}: {str(e)[:300]}"}
         if self.mode == "confirm":
             out["confirm"] = out["flagged"]
         with self._lock:
