@@ -6,7 +6,8 @@
 
     POST   /v1/sessions               {env, level?, seed?, split?, policy?, limits?, runner?, run?} -> 201 session
     GET    /v1/sessions               every session with its status (yours, with API keys)
-    GET    /v1/sessions/{id}          status, claimed and verified outcome, and the transcript (steps)
+    GET    /v1/sessions/{id}          status, claimed and verified outcome, and the transcript (steps);
+                                      with --verifier, a finished one's verification {score, model, flagged}
     POST   /v1/sessions/{id}/step     one step of an idle session
     POST   /v1/sessions/{id}/run      run an idle session to completion in the background (?wait=true blocks)
     GET    /v1/sessions/{id}/events   server-sent events: one `step` event per step, then `end`
@@ -32,6 +33,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agent.console.web import mount_console
+from agent.outcome_verifier import VerifierCheckpointError
 from agent.runner_config import RunnerConfig
 from agent.sessions import TERMINAL, ApiError, SessionManager, SessionStore, StoreOwned
 
@@ -93,16 +95,23 @@ class _JsonBodies:
         await self.app(scope, receive, send)
 
 
-def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64, host=None):
+def create_app(db_path: str, api_keys: dict[str, int] | None = None, max_live: int = 64, host=None,
+               verifier: str | None = None, verifier_mode: str = "flag"):
     """The app over the store at `db_path` (StoreOwned while another process owns it). `host`: where
-    sessions run (agent/session_host.py); None runs them in this process."""
+    sessions run (agent/session_host.py); None runs them in this process. `verifier`: an outcome verifier
+    checkpoint whose score finished sessions carry (agent/verification.py)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
+    scorer = None
+    if verifier:  # loaded (and a wrong checkpoint refused) before the server listens
+        from agent.verification import SessionVerifier
+
+        scorer = SessionVerifier.load(verifier, db_path, verifier_mode)
     manager = SessionManager(SessionStore(db_path), api_keys, max_live, memory_path=db_path + ".memory.jsonl",
-                             host=host)
+                             host=host, verifier=scorer)
     app = FastAPI(title="lam agent API")
     app.add_middleware(_JsonBodies)
     app.state.manager = manager
@@ -224,6 +233,11 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "(RAY_ADDRESS, else a local Ray started here); this process routes and persists")
     p.add_argument("--workers", type=int, default=0, help="Ray actors for sessions (starts local Ray; implies "
                    "--ray); 0 with --ray: one per CPU of the cluster")
+    p.add_argument("--verifier", default=None, metavar="PATH",
+                   help="an outcome verifier (lam train-verifier OUT/best): finished sessions get verification "
+                        "{score, model, flagged}")
+    p.add_argument("--verifier-mode", default="flag", choices=["flag", "confirm"],
+                   help="confirm: a flagged session also says confirm: true (ask the user before acting on it)")
     return p
 
 
@@ -241,9 +255,12 @@ def serve(a: argparse.Namespace, host=None) -> None:
     if a.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"warning: serving the agent API on {a.host} without API keys", flush=True)
     try:
-        app = create_app(a.db, keys or None, a.max_live, host=host)
+        app = create_app(a.db, keys or None, a.max_live, host=host, verifier=a.verifier,
+                         verifier_mode=a.verifier_mode)
     except StoreOwned as e:
         sys.exit(f"lam agent serve: error: {e}")
+    except VerifierCheckpointError as e:  # a missing, broken or mismatched --verifier: one line
+        sys.exit(f"lam agent serve: error: --verifier {a.verifier}: {e}")
     m = app.state.manager
     print(f"agent API on http://{a.host}:{a.port}/v1/sessions (db {a.db}; sessions run in {type(m.host).__name__}; "
           f"{m.rebuilt} live sessions rebuilt, {m.recovered} interrupted, in {m.rebuild_s:.1f}s)", flush=True)

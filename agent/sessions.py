@@ -54,9 +54,10 @@ class SessionManager:
     """Creates, steps, runs and cancels sessions; the HTTP layer (agent/api.py) only translates."""
 
     def __init__(self, store: SessionStore, api_keys: dict[str, int] | None = None, max_live: int = 64,
-                 memory_path: str | None = None, host=None) -> None:
+                 memory_path: str | None = None, host=None, verifier=None) -> None:
         self.store, self.api_keys, self.max_live = store, api_keys or {}, max_live
         self.host = host if host is not None else SessionHost(memory_path)
+        self.verifier = verifier  # agent/verification.py SessionVerifier: scores finished sessions (or None)
         self.live: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # the server is going down: leave live sessions for the next one
@@ -209,6 +210,8 @@ class SessionManager:
         if ep is False:
             return
         status = "cancelled" if ep.end_reason == "cancelled" else "finished"
+        if self.verifier is not None and status == "finished":  # before the status says so: readers see both
+            self.verifier.record(sess.id, ep)
         self.store.update(sess.id, status=status, steps=len(ep.steps), success=ep.success, claimed_done=ep.claimed_done,
                           claim=ep.claim, end_reason=ep.end_reason, error=ep.error, progress=ep.progress,
                           false_success=ep.false_success, invalid_actions=ep.invalid_actions,
@@ -274,6 +277,8 @@ class SessionManager:
     # -- read --------------------------------------------------------------------------
     def describe(self, sid: str, key: str, steps: bool = True) -> dict:
         row = self._session(sid, key)
+        if self.verifier is not None:
+            self.verifier.attach(row)
         if steps:
             row["transcript"] = self.store.steps(sid)
         examples = row.pop("examples")
@@ -285,7 +290,7 @@ class SessionManager:
         rows = self.store.list(key if self.api_keys else None)
         for row in rows:
             row.pop("examples")
-        return rows
+        return [self.verifier.attach(r) for r in rows] if self.verifier is not None else rows
 
     def shutdown(self, wait_s: float = 5.0) -> None:
         """The server stops (SIGTERM, a redeploy): running sessions end their step in flight and stay

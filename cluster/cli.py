@@ -5,6 +5,7 @@
     lam data stats runs/data ; lam data show runs/data --episode BabyAI-GoToLocal-v0-16 ; lam data repair runs/data
     lam train --data runs/data --config configs/train/tiny.yaml --out runs/train [--resume | --overwrite]
     lam dpo --data runs/data --model runs/train/export --out runs/dpo [--resume | --overwrite]
+    lam train-verifier --data runs/qs/eval,runs/planted --out runs/verifier [--lam runs/qs/train/export]
     lam serve --model runs/train/export --port 8000
     lam eval --model-url http://127.0.0.1:8000/v1 --model export --episodes 200 --out runs/eval
     lam eval --suite robustness --model-url URL --levels BabyAI-GoToLocal-v0 --trials 3 --out runs/rob [--resume]
@@ -35,6 +36,8 @@ COMMANDS = [
     ("train", "train an action model with DeepSpeed", "training.cli", "add_train_args", "train_main"),
     ("dpo", "preference training (DPO) on success/failure pairs of the same task",
      "training.cli", "add_dpo_args", "dpo_main"),
+    ("train-verifier", "train the outcome verifier: P(environment-verified success | transcript), with baselines",
+     "training.verifier_cli", "add_args", "main"),
     ("serve", "serve a model directory behind an OpenAI-compatible API",
      "serving.server", "add_server_args", "run_from_args"),
     ("eval", "evaluate a policy on held-out tasks with Ray agent actors (suites, compare)", "eval.cli", "add_args", "main"),

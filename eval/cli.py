@@ -55,6 +55,8 @@ def add_args(s: argparse.ArgumentParser) -> None:
                    help="default runs/eval-TIMESTAMP (plain), runs/eval-SUITE (suite), runs/eval-compare")
     s.add_argument("--json", action="store_true", help="plain evaluation: print report.json on stdout, not a table")
     s.add_argument("--replay", default=None, help="replay the saved episodes in DIR and check every verdict")
+    s.add_argument("--verifier", default=None, metavar="PATH",
+                   help="score every episode with an outcome verifier (lam train-verifier OUT/best) next to the verdict")
 
 
 def main(a) -> int:
@@ -80,6 +82,13 @@ def main(a) -> int:
         out = compare(a.words[1:], a.out or "runs/eval-compare", html=not a.no_html)
         print(f"comparison of {len(a.words) - 1} runs: {out}/report.md, {out}/report.html")
         return 0
+    if a.verifier and a.suite is not None:
+        raise ValueError("--verifier scores the plain evaluation's episodes; run it without --suite")
+    if a.verifier:  # a missing or mismatched checkpoint stops here, before any episode runs
+        from agent.outcome_verifier import load_verifier
+        from data_collection.schema import SCHEMA_VERSION
+
+        load_verifier(a.verifier, SCHEMA_VERSION)
     levels = a.levels.split(",")
     ablate = None
     if a.ablate is not None:
@@ -149,10 +158,19 @@ def _plain(a, levels: list[str], policy: dict, runner: RunnerConfig) -> int:
     config = {"env": a.env, "levels": levels, "episodes": a.episodes, "trials": a.trials, "runner": wire(runner),
               "base_seed": a.base_seed, "policy": {k: v for k, v in policy.items() if k not in ("api_key", "base_url")}}
     report = write_eval_report(out, a.policy, result, config)
+    if a.verifier:  # the verifier's score next to the environment's verdict (eval/verifier_report.py)
+        from eval.verifier_report import markdown, verifier_section
+
+        report["verifier"] = verifier_section(out / a.policy, a.verifier, out)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        with open(out / "report.md", "a") as f:
+            f.write(markdown(report["verifier"]))
     if a.json:
         print(json.dumps(report, indent=1))
     else:
         print_eval_summary(report)
+        if a.verifier:
+            print(markdown(report["verifier"]))
     print(f"lam eval: reports in {out}/report.json and {out}/report.md; episodes in {out / a.policy}", file=sys.stderr)
     for why in report["failures"]:
         print(f"lam eval: error: {why}", file=sys.stderr)

@@ -38,6 +38,11 @@ class DPOConfig(BaseModel):
     checkpoint_every: int = 50
     # scalars to OUT/tb as well as OUT/metrics.jsonl: tensorboard --logdir OUT/tb
     tensorboard: bool = True
+    # an outcome verifier (lam train-verifier OUT/best) as reward model: pairs by its score, not the stored
+    # verdict, for episodes no environment judged (training/dpo_verifier.py); null = the verdicts
+    verifier: str | None = None
+    # with a verifier: a rejected episode scores at least this much below the chosen one
+    verifier_margin: float = 0.5
 
 
 def make_pairs(rows: list[StepRow], max_pairs: int, seed: int) -> list[tuple[list[StepRow], list[StepRow]]]:
@@ -134,7 +139,12 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
         for subset in ("train", "failures"):
             if store.shard_paths(subset):
                 rows += store.read_rows(subset)
-    pairs = make_pairs(rows, cfg.max_pairs, cfg.seed)
+    if cfg.verifier:
+        from training.dpo_verifier import verifier_pairs
+
+        pairs = verifier_pairs(rows, cfg.verifier, cfg.max_pairs, cfg.seed, cfg.verifier_margin)
+    else:
+        pairs = make_pairs(rows, cfg.max_pairs, cfg.seed)
     if not pairs:
         raise NoPairsError(f"no success/failure pairs on the same task in {data_dirs}: sample more trials per task")
     out.mkdir(parents=True, exist_ok=True)

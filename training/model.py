@@ -6,6 +6,7 @@ from torch import nn
 
 # name: (hidden, intermediate, layers, heads, kv_heads)
 PRESETS = {
+    "mini": (128, 512, 2, 4, 4),  # ~0.5M params: the outcome verifier trained from scratch (training/verifier.py)
     "tiny": (256, 768, 4, 4, 4),  # ~3.5M params: trains on 2 CPU cores in minutes
     "small": (512, 1536, 8, 8, 8),
     "base-100m": (768, 2048, 12, 12, 12),
