@@ -50,6 +50,7 @@ def verifier_path(tmp_path_factory):
     return tiny_verifier(tmp_path_factory.getbasetemp() / "tiny-verifier") / "best"
 
 
+@pytest.mark.slow  # trains the tiny verifier first (tests/training/verifier_episodes.py)
 def test_a_partial_claim_is_flagged_and_a_correct_one_is_not(verifier_path, tmp_path):
     task, first_call = _partial_task()
     where = {"env": "toolworld", "level": task.level, "seed": task.seed, "split": "test"}

@@ -52,6 +52,7 @@ def verifier_run(tmp_path_factory):
     return tiny_verifier(tmp_path_factory.getbasetemp() / "tiny-verifier")
 
 
+@pytest.mark.slow  # trains the tiny verifier first: ~3 min on 2 loaded cores
 def test_train_verifier_reports_every_method_on_held_out_tasks(verifier_run):
     report = json.loads((verifier_run / "report.json").read_text())
     rows = {(r["world"], r["method"]): r for r in report["table"]}
@@ -65,6 +66,7 @@ def test_train_verifier_reports_every_method_on_held_out_tasks(verifier_run):
     assert v.meta["schema_version"] == SCHEMA_VERSION and v.meta["envs"] == ["toolworld"]
 
 
+@pytest.mark.slow  # trains the tiny verifier first: ~3 min on 2 loaded cores
 def test_a_checkpoint_for_another_tokenizer_or_schema_is_refused(verifier_run, tmp_path, capsys):
     from cluster.cli import main
     from training.tokenizer import train_tokenizer
@@ -94,6 +96,7 @@ def test_a_checkpoint_for_another_tokenizer_or_schema_is_refused(verifier_run, t
     assert "is not a verifier checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains the tiny verifier first: ~3 min on 2 loaded cores
 def test_dpo_pairs_by_the_verifier_score_where_no_verdict_exists(verifier_run, tmp_path):
     from data_collection.store import TrajectoryStore
     from training.dpo import make_pairs
