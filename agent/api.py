@@ -33,7 +33,6 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agent.console.web import mount_console
-from agent.outcome_verifier import VerifierCheckpointError
 from agent.runner_config import RunnerConfig
 from agent.sessions import TERMINAL, ApiError, SessionManager, SessionStore, StoreOwned
 
@@ -259,8 +258,6 @@ def serve(a: argparse.Namespace, host=None) -> None:
                          verifier_mode=a.verifier_mode)
     except StoreOwned as e:
         sys.exit(f"lam agent serve: error: {e}")
-    except VerifierCheckpointError as e:  # a missing, broken or mismatched --verifier: one line
-        sys.exit(f"lam agent serve: error: --verifier {a.verifier}: {e}")
     m = app.state.manager
     print(f"agent API on http://{a.host}:{a.port}/v1/sessions (db {a.db}; sessions run in {type(m.host).__name__}; "
           f"{m.rebuilt} live sessions rebuilt, {m.recovered} interrupted, in {m.rebuild_s:.1f}s)", flush=True)
