@@ -3,6 +3,7 @@
     lam collect --env toolworld --levels L1 --episodes 4000 --workers 0 --out /tmp/l1
     python bench/toolworld_learning.py --data /tmp/l1 --levels L1 --batch 32 --steps 400 [--no-schemas] \
         [--tokenizer words|chars] [--tokenizer-dir DIR]
+    python bench/toolworld_learning.py --data /tmp/l1 --levels L1 --score /tmp/l1m/export   # a lam train export
 
 Trains the `tiny` Llama of training/model.py in-process (plain AdamW, no DeepSpeed: the point is what is
 learned per token, not the engine) on the dataset's conversations, rendered by the one chat template
@@ -77,7 +78,19 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--context-weight", type=float, default=0.5)
     ap.add_argument("--held-out", type=int, default=60, help="episodes per split scored")
+    ap.add_argument("--score", metavar="EXPORT", help="only score a trained export (e.g. lam train's OUT/export)")
     a = ap.parse_args()
+    if a.score:  # the same probe on a model `lam train` made
+        from transformers import AutoModelForCausalLM
+
+        import training.tokenizer as tk
+
+        tok, lm = tk.load_tokenizer(a.score), AutoModelForCausalLM.from_pretrained(a.score).eval()
+        enc = tk.ChatEncoder(tok)
+        levels = a.levels.split(",")
+        for split in ("test", "train"):
+            print(f"{split}: {score(lm, held_out(enc, levels, split, a.held_out, not a.no_schemas))}")
+        return
 
     import torch
 
