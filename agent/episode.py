@@ -90,6 +90,7 @@ class Episode:
     progress: float = 0.0  # the environment's own partial-completion measure at the end
     examples: list[dict] = field(default_factory=list)  # long-term memory retrieved for this episode
     task_key: str = ""  # the task's exact name (BFCL: its entry id), see task_key_of
+    final_state: str = ""  # the state the last executed action left (what an outcome verifier looks at)
 
     @property
     def invalid_actions(self) -> int:
@@ -207,6 +208,7 @@ class EpisodeRunner:
     def finish(self) -> Episode:
         ep = self.ep
         ep.success, ep.progress = self.env.success, self.progress
+        ep.final_state = self.obs.state
         ep.wall_s = time.perf_counter() - self.t0
         if self.memory is not None:
             actions = [s.action for s in ep.steps if s.valid and not s.blocked]

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-TRANSCRIPT_VERSION = 1  # bump when transcript_messages changes what a verifier reads
+TRANSCRIPT_VERSION = 2  # bump when transcript_messages changes what a verifier reads
 CHECKPOINT_FILE = "verifier.json"
 
 
@@ -45,8 +45,9 @@ class TranscriptStep:
     tool_space: bool
 
 
-def transcript_messages(steps: list[TranscriptStep]) -> list[dict]:
-    """The transcript as chat messages (see the module docstring for what is in it and why)."""
+def transcript_messages(steps: list[TranscriptStep], final_state: str = "") -> list[dict]:
+    """The transcript as chat messages (see the module docstring for what is in it and why). final_state:
+    the state after the last executed action (text spaces; a tool space's results already show it)."""
     if not steps:
         return []
     last, act = steps[-1], True
@@ -56,7 +57,14 @@ def transcript_messages(steps: list[TranscriptStep]) -> list[dict]:
         else:
             act = False  # claimed at once: the request and the first state, nothing done
     msgs = [dict(m) for m in last.messages if m.get("role") not in ("system", "developer")]
-    return msgs + (_action_messages(last) if act else [])
+    msgs += _action_messages(last) if act else []
+    if final_state and not last.tool_space and act:
+        # the feedback (if any) and the state it left, one user turn as the prompt renderer makes it
+        if msgs[-1]["role"] == "user":
+            msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + final_state}
+        else:
+            msgs.append({"role": "user", "content": final_state})
+    return msgs
 
 
 def _action_messages(s: TranscriptStep) -> list[dict]:
@@ -157,10 +165,10 @@ class OutcomeVerifier:
                 out += torch.sigmoid(self.model(ids, mask)).tolist()
         return out
 
-    def verify(self, steps: list[TranscriptStep], claimed_done: bool) -> dict:
+    def verify(self, steps: list[TranscriptStep], claimed_done: bool, final_state: str = "") -> dict:
         """The API's `verification`: score, which verifier, and flagged = the agent claimed done but the
         verifier scores success below its threshold."""
-        score = self.score_messages([transcript_messages(steps)])[0]
+        score = self.score_messages([transcript_messages(steps, final_state)])[0]
         return {"score": round(score, 4), "model": self.name, "flagged": bool(claimed_done and score < self.threshold)}
 
 

@@ -41,7 +41,7 @@ class SessionVerifier:
                    "note": f"the verifier was trained on {', '.join(envs)} episodes, not {ep.task.env}"}
         else:
             try:
-                out = self.verifier.verify(steps_of_episode(ep), ep.claimed_done)
+                out = self.verifier.verify(steps_of_episode(ep), ep.claimed_done, ep.final_state)
             except Exception as e:  # a verifier that breaks must not break the session it scores
                 out = {"score": None, "model": self.verifier.name, "flagged": False,
                        "error": f"{type(e).__name__}: {str(e)[:300]}"}

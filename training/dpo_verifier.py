@@ -15,11 +15,11 @@ from data_collection.schema import SCHEMA_VERSION, StepRow, group_steps
 
 
 def score_episodes(episodes: list[list[StepRow]], verifier_path: str) -> list[float]:
-    from agent.outcome_verifier import load_verifier, transcript_messages
-    from training.verifier_data import row_steps
+    from agent.outcome_verifier import load_verifier
+    from training.verifier_data import FinalStates, episode_transcript
 
-    v = load_verifier(verifier_path, SCHEMA_VERSION)
-    return v.score_messages([transcript_messages(row_steps(ep)) for ep in episodes])
+    v, final_states = load_verifier(verifier_path, SCHEMA_VERSION), FinalStates(check=False)  # no verdict to check against
+    return v.score_messages([episode_transcript(ep, final_states) for ep in episodes])
 
 
 def verifier_pairs(rows: list[StepRow], verifier_path: str, max_pairs: int, seed: int,

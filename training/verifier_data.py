@@ -6,7 +6,10 @@
 A directory is an evaluation store (`episodes/`, as `lam eval` writes per policy), a dataset (`train/` and
 `failures/`, as `lam collect` and self-boosting write), or a folder of those (a pipeline run's `eval/`).
 The label is the environment's verdict (`episode_success`); the transcript is what the agent saw
-(agent/outcome_verifier.py), never the verdict, reward or end reason. Episodes are split by task
+(agent/outcome_verifier.py), never the verdict, reward or end reason. Records keep the state each step
+was decided in, not the one the last action left: for text spaces that final state is rebuilt by
+replaying the episode's executed actions in a fresh environment (`FinalStates`; a replay whose verdict
+disagrees with the record's is refused, so a transcript never shows a state the agent did not see). Episodes are split by task
 (env, level, seed): every policy's episode of a held-out task is held out, so no test task was seen.
 """
 from __future__ import annotations
@@ -77,13 +80,55 @@ def _claim(r: StepRow) -> str:
     return "done" if (not r.tools and r.action == "done") else ""
 
 
-def example_of(ep: list[StepRow], source: str) -> Example:
+class FinalStates:
+    """The state an episode's last executed action left, by replaying its actions (one env per world, reused)."""
+
+    def __init__(self, check: bool = True) -> None:
+        self._envs: dict = {}
+        self.replayed, self.check = 0, check  # check: the replay's verdict must be the record's
+
+    def __call__(self, ep: list[StepRow]) -> str:
+        if not ep or any(r.tools for r in ep):  # tool spaces: the tool results show the state
+            return ""
+        last = ep[-1]
+        if len(ep) > 1 and _claim(last):  # a claim step was decided in the state the previous action left
+            return last.state
+        from envs.base import Action, Task, rebuildable
+        from envs.registry import make_env
+
+        env = self._envs.get(last.env)
+        if env is None:
+            env = self._envs[last.env] = make_env(last.env)
+        if not rebuildable(env):
+            return ""
+        obs = env.reset(Task(last.env, last.level, last.seed, last.split or "train"))
+        state = obs.state
+        for r in ep:
+            if r.valid and not r.blocked and r.action:
+                res = env.step(Action(r.action))
+                state = res.observation.state
+                if res.terminated:
+                    break
+        if self.check and bool(env.success) != bool(last.episode_success):
+            raise ValueError(f"episode {last.episode_id}: replaying its actions gives "
+                             f"{'success' if env.success else 'failure'}, the record says "
+                             f"{'success' if last.episode_success else 'failure'}; the environment changed since")
+        self.replayed += 1
+        return state
+
+
+def episode_transcript(ep: list[StepRow], final_states: FinalStates | None = None) -> list[dict]:
+    """The verifier's transcript of a recorded episode (the same the agent API scores for a session)."""
+    return transcript_messages(row_steps(ep), (final_states or FinalStates())(ep))
+
+
+def example_of(ep: list[StepRow], source: str, final_states: FinalStates | None = None) -> Example:
     last = ep[-1]
     success = bool(last.episode_success)
     claimed = any(r.claimed_done for r in ep)
     return Example(episode_id=last.episode_id, env=last.env, task=f"{last.env}/{last.level}/{last.seed}",
                    policy=last.policy, source=source, label=success, status_done=claimed or success,
-                   claimed_done=claimed, end_reason=last.end_reason, messages=transcript_messages(row_steps(ep)))
+                   claimed_done=claimed, end_reason=last.end_reason, messages=episode_transcript(ep, final_states))
 
 
 def load_examples(dirs: list[str], max_per_source: int = 0, seed: int = 0) -> list[Example]:
@@ -92,6 +137,7 @@ def load_examples(dirs: list[str], max_per_source: int = 0, seed: int = 0) -> li
     from data_collection.store import TrajectoryStore
 
     out: list[Example] = []
+    final_states = FinalStates()
     for d in dirs:
         for root, subsets in episode_dirs(d):
             store = TrajectoryStore(root)
@@ -102,7 +148,7 @@ def load_examples(dirs: list[str], max_per_source: int = 0, seed: int = 0) -> li
                 group = [ep for ep in eps if bool(ep[-1].episode_success) == label]
                 if max_per_source and len(group) > max_per_source:
                     group = rng.sample(group, max_per_source)
-                out += [example_of(ep, str(root)) for ep in group]
+                out += [example_of(ep, str(root), final_states) for ep in group]
     if not out:
         raise ValueError(f"no episodes in {', '.join(dirs)}")
     return out

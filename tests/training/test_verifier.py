@@ -28,6 +28,40 @@ def test_a_text_space_claim_is_left_out_so_the_transcript_hides_the_verdict():
     # a tool-space reply is the agent's claim and stays
     reply = TranscriptStep([{"role": "user", "content": "do it"}], "Done.", "Done.", True, "", "done", True)
     assert transcript_messages([reply])[-1] == {"role": "assistant", "content": "Done."}
+    # the state the last action left closes the transcript: what tells a success from a false claim
+    assert transcript_messages(success, "at the goal")[-1] == {"role": "user", "content": "at the goal"}
+    assert transcript_messages(false_success, "short of it")[-2:] == [
+        {"role": "assistant", "content": "turn left"}, {"role": "user", "content": "short of it"}]
+    bumped = [_text_step("go forward"), TranscriptStep(success[1].messages, "go forward", "go forward", True,
+                                                       "blocked by the wall", "", False)]
+    assert transcript_messages(bumped, "view")[-1] == {"role": "user", "content": "blocked by the wall\nview"}
+    assert transcript_messages([reply], "ignored")[-1] == {"role": "assistant", "content": "Done."}  # tool space
+
+
+def test_the_final_state_is_rebuilt_by_replay_and_is_what_the_runner_ended_in():
+    """Records keep each step's decision state; the state the last action left comes from a replay, equal
+    to what the live runner ended in (the agent API scores a session with the latter)."""
+    from agent.episode import RunnerConfig, run_episode
+    from agent.policy_factory import build_policy
+    from data_collection.schema import episode_rows
+    from envs.base import Task
+    from envs.registry import make_env
+    from training.verifier_data import FinalStates
+
+    env, final_states = make_env("babyai"), FinalStates()
+    kinds = set()
+    for seed in range(6):
+        for policy in ({"kind": "expert"}, {"kind": "prefix-expert", "seed": seed}, {"kind": "random", "seed": seed}):
+            ep = run_episode(env, build_policy(policy), Task("babyai", "BabyAI-GoToLocal-v0", seed),
+                             RunnerConfig(max_steps=12))
+            rows = episode_rows(ep)
+            assert final_states(rows) == ep.final_state, (policy, seed)
+            kinds.add(ep.end_reason)
+            if ep.success:  # a record whose verdict the replay contradicts is refused, not shown
+                rows[-1].episode_success = False
+                with pytest.raises(ValueError, match="replaying its actions gives success"):
+                    final_states(rows)
+    assert {"success", "claimed_done", "step_limit"} <= kinds
 
 
 def _ex(task, label, claimed, env="toolworld"):
