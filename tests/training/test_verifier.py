@@ -82,11 +82,10 @@ def test_split_is_by_task_and_metrics_count_false_successes():
 
 
 @pytest.fixture(scope="session")
-def verifier_run(tmp_path_factory):
+def verifier_run(tmp_path_factory):  # the tiny verifier: trained once per session, ~30 s idle
     return tiny_verifier(tmp_path_factory.getbasetemp() / "tiny-verifier")
 
 
-@pytest.mark.slow  # trains the tiny verifier first: ~3 min on 2 loaded cores
 def test_train_verifier_reports_every_method_on_held_out_tasks(verifier_run):
     report = json.loads((verifier_run / "report.json").read_text())
     rows = {(r["world"], r["method"]): r for r in report["table"]}
@@ -100,7 +99,6 @@ def test_train_verifier_reports_every_method_on_held_out_tasks(verifier_run):
     assert v.meta["schema_version"] == SCHEMA_VERSION and v.meta["envs"] == ["toolworld"]
 
 
-@pytest.mark.slow  # trains the tiny verifier first: ~3 min on 2 loaded cores
 def test_a_checkpoint_for_another_tokenizer_or_schema_is_refused(verifier_run, tmp_path, capsys):
     from cluster.cli import main
     from training.tokenizer import train_tokenizer
@@ -130,7 +128,6 @@ def test_a_checkpoint_for_another_tokenizer_or_schema_is_refused(verifier_run, t
     assert "is not a verifier checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # trains the tiny verifier first: ~3 min on 2 loaded cores
 def test_dpo_pairs_by_the_verifier_score_where_no_verdict_exists(verifier_run, tmp_path):
     from data_collection.store import TrajectoryStore
     from training.dpo import make_pairs
