@@ -19,7 +19,10 @@ import pytest
 from training.rl import RLConfig, train_rl
 
 SMALL_KW = {"env": "babyai", "levels": ["BabyAI-GoToLocal-v0"], "tasks_per_iter": 4, "group_size": 2, "workers": 2,
-            "max_steps": 12, "temperature": 1.0, "lr": 1e-4, "tensorboard": False, "threads": 1}
+            "max_steps": 12, "temperature": 1.0, "lr": 1e-4, "tensorboard": False, "threads": 1,
+            # the tiny model rarely solves a task in 12 steps, but its invalid outputs vary within a group:
+            # the penalty makes groups informative, so the update path runs
+            "invalid_penalty": 0.02}
 SMALL = [f"{k}={json.dumps(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v}"
          for k, v in SMALL_KW.items()]
 
@@ -29,10 +32,17 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def _summary(stdout: str) -> dict:
+    """The summary `lam rl` prints last (DeepSpeed may print a line of its own to stdout before it)."""
+    return json.loads(stdout[stdout.index("{\n"):])
+
+
 def _lam_rl(export, out, *args, **popen):
     cmd = [sys.executable, "-m", "cluster.cli", "rl", "--model", str(export), "--out", str(out),
            "--serve-threads", "1", *args]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {k: v for k, v in os.environ.items()  # this process's own torch.distributed rendezvous is not theirs
+           if k not in ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -51,6 +61,9 @@ def test_two_iterations_push_two_weight_versions_to_a_running_server(trained, ra
         rows = _records(tmp_path / "rl")
         assert [r["step"] for r in rows] == [1, 2] and [r["weights_version"] for r in rows] == [1, 2]
         assert all(r["episodes"] == 8 and r["groups"] == 4 for r in rows)  # every episode of every group
+        trained_rows = [r for r in rows if r["steps"]]
+        assert trained_rows, rows  # at least one iteration had an informative group and stepped
+        assert all(r["kl"] >= 0 and r["loss"] == r["loss"] for r in trained_rows)
         assert summary["iterations"] == 2
         assert (tmp_path / "rl" / "export" / "config.json").exists()
         assert (tmp_path / "rl" / "rollouts" / "iter-0002" / "manifest.json").exists()
@@ -64,27 +77,30 @@ def test_two_iterations_push_two_weight_versions_to_a_running_server(trained, ra
 
 @pytest.mark.slow
 def test_resume_after_a_finished_run_and_after_sigkill(trained, tmp_path):
-    """1 iteration; --resume to 3 total, SIGKILLed (with its server and Ray, one process group) once the
-    second iteration is logged; --resume again: exactly 3 iteration records, none twice."""
+    """1 iteration; --resume to 3 total, SIGKILLed (with its server and Ray, one process group) in iteration 2's
+    update (its rollouts' dataset card is written the moment they end, before the update; the iteration is not
+    logged yet); --resume again: from iteration 1's checkpoint to exactly 3 iteration records, none twice."""
     export, out = trained[0] / "export", tmp_path / "rl"
     p = _lam_rl(export, out, *SMALL, "iterations=1")
     stdout, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr[-3000:]
-    assert json.loads(stdout)["iterations"] == 1 and len(_records(out)) == 1
+    assert _summary(stdout)["iterations"] == 1 and len(_records(out)) == 1
 
     p = _lam_rl(export, out, "--resume", *SMALL, "iterations=3", start_new_session=True)
     deadline = time.monotonic() + 600
-    while len(_records(out)) < 2 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    rolled_out = out / "rollouts" / "iter-0002" / "card.json"
+    while not rolled_out.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert p.poll() is None, p.communicate()[1][-3000:]
     os.killpg(p.pid, signal.SIGKILL)  # the process group this test started: lam rl, its server, its Ray
     p.wait(30)
+    assert len(_records(out)) == 1  # killed inside iteration 2, after its rollouts
 
     p = _lam_rl(export, out, "--resume", *SMALL, "iterations=3")
     stdout, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr[-3000:]
     assert "resuming after iteration" in stderr
-    assert json.loads(stdout)["iterations"] == 3
+    assert _summary(stdout)["iterations"] == 3
     assert [r["step"] for r in _records(out)] == [1, 2, 3]
     assert (out / "export" / "config.json").exists()
     assert sorted(d.name for d in (out / "checkpoints").glob("iter*")) == ["iter3"]
@@ -97,3 +113,21 @@ def test_bad_input_is_one_line_and_exit_2(tiny_hf_model, tmp_path):
     assert main(["rl", "--model", str(tiny_hf_model), "--out", str(tmp_path / "o"), "nonsense_key=1"]) == 2
     assert main(["rl", "--model", str(tiny_hf_model), "--out", str(tmp_path / "o"), "levels=[NoSuchLevel]"]) == 2
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_the_pipeline_runs_rl_last_on_its_own_env_levels_and_runner():
+    from pydantic import ValidationError
+
+    from cluster.config import PipelineConfig, load_pipeline_config
+    from cluster.pipeline import _rl_config, stage_plan
+
+    cfg = load_pipeline_config("configs/recipe.yaml", ["phases=[imitation,self_boost,dpo,rl]", "eval.max_steps=40"])
+    plan = stage_plan(cfg)
+    assert list(plan)[list(plan).index("eval_dpo") + 1 :][:2] == ["rl_train", "eval_rl"]
+    assert plan["rl_train"]["after"] == ["dpo_train"]
+    rl = _rl_config(cfg)
+    assert rl.levels == cfg.collect.levels and rl.max_steps == 40 and rl.iterations == cfg.rl.iterations
+    pinned = load_pipeline_config("configs/recipe.yaml", ["phases=[imitation,rl]", "rl.levels=[BabyAI-PickupLoc-v0]"])
+    assert _rl_config(pinned).levels == ["BabyAI-PickupLoc-v0"]
+    with pytest.raises(ValidationError, match="last phase"):
+        PipelineConfig(phases=["imitation", "rl", "self_boost"])
