@@ -89,9 +89,13 @@ def rollouts(out: Path, cfg: RLConfig, it: int, srv) -> list:
     where = out / "rollouts" / f"iter-{it:04d}"
     shutil.rmtree(where, ignore_errors=True)  # a killed iteration's half: its episodes came from these weights too,
     rows = []                                 # but the groups must be whole, so they are sampled again
+    # chunks small enough that every actor has two (a batch never spans two trials): the server sees
+    # `workers` episodes at once, not one per trial
+    batch = max(1, -(-cfg.tasks_per_iter * cfg.group_size // (2 * cfg.workers)))
     collect_attempts(where, cfg.env, tasks, cfg.group_size,
                      lambda t: model_spec(srv.base_url, srv.model, cfg.temperature, cfg.seed + 1000 * it + t),
-                     _runner(cfg), cfg.workers, on_batch=lambda chunk, result: rows.extend(table_rows(result["table"])))
+                     _runner(cfg), cfg.workers, batch=batch,
+                     on_batch=lambda chunk, result: rows.extend(table_rows(result["table"])))
     return group_steps(rows)
 
 
@@ -194,7 +198,9 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
     logger = MultiLogger(out, cfg.tensorboard, resume_step=it if resume else None)
 
     with served_policy(model_dir, model_url, server, log) as srv:
-        if it > 0:  # the server may hold the start, or a killed iteration's weights: serve the checkpoint's
+        # the first rollouts sample the checkpoint's weights (resumed) or --model's; the server may hold others
+        # (the start, a killed iteration's, another run's pushes): serve ours first
+        if it > 0 or not srv.serves(model_dir):
             export_hf(engine, policy.lm, tok, weights, zero_stage=cfg.zero_stage)
             srv.push(str(weights), f"rl-iter-{it}")
         while it < cfg.iterations:

@@ -49,6 +49,13 @@ class ServedPolicy:
             raise ConnectionError(f"GET {self.base_url}/models answered {r.status_code}: {r.text[:200]}")
         return r.json()["data"][0]
 
+    def serves(self, model_dir: str) -> bool:
+        """Whether the server still holds the weights it was started on, from `model_dir`."""
+        if self.vllm:
+            return self.vllm.version == 0
+        card = self.model_card()["weights"]
+        return card["version"] == 0 and os.path.realpath(card["source"]) == os.path.realpath(model_dir)
+
     def version(self) -> int:
         return self.vllm.version if self.vllm else int(self.model_card()["weights"]["version"])
 

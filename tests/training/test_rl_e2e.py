@@ -67,7 +67,10 @@ def test_two_iterations_push_two_weight_versions_to_a_running_server(trained, ra
         assert summary["iterations"] == 2
         assert (tmp_path / "rl" / "export" / "config.json").exists()
         assert (tmp_path / "rl" / "rollouts" / "iter-0002" / "manifest.json").exists()
-        # the server answers from the pushed weights: a chat request still works after two swaps
+        # a second run on the same server: it holds the first run's weights, so --model's are pushed first
+        train_rl(str(export), str(tmp_path / "rl2"), cfg.model_copy(update={"iterations": 1}), model_url=server.base_url)
+        assert card()["version"] == 4 and [r["weights_version"] for r in _records(tmp_path / "rl2")] == [4]
+        # the server answers from the pushed weights: a chat request still works after the swaps
         r = httpx.post(server.base_url + "/chat/completions", timeout=60,
                        json={"model": "policy", "messages": [{"role": "user", "content": "go"}], "max_tokens": 2})
         assert r.status_code == 200, r.text
