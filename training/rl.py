@@ -116,18 +116,21 @@ def update(engine, reference, episodes: list, advantages: list[float], enc, pad_
     if not items:
         return {"steps": 0, "episodes_trained": 0, "loss": None, "kl": None, "clip_frac": None}
     device, model = engine.device, engine.module
+    orders = [list(range(len(items))) for _ in range(cfg.epochs_per_iter)]
+    for epoch, order in enumerate(orders):
+        random.Random(f"{cfg.seed}/{it}/{epoch}").shuffle(order)
+    first = set(orders[0][: cfg.episodes_per_step])  # trained before any step: their own forward gives `old`
     with torch.no_grad():  # the rollout weights (the engine's, before this iteration's first step) and the reference
-        old = [action_logps(model, s, pad_id, device) for s, _ in items]
+        old = [None if i in first else action_logps(model, s, pad_id, device) for i, (s, _) in enumerate(items)]
         ref = [action_logps(reference, s, pad_id, device) for s, _ in items]
     steps, losses, kls, clips = 0, [], [], []
-    for epoch in range(cfg.epochs_per_iter):
-        order = list(range(len(items)))
-        random.Random(f"{cfg.seed}/{it}/{epoch}").shuffle(order)
+    for order in orders:
         for k in range(0, len(order), cfg.episodes_per_step):
             chunk = order[k : k + cfg.episodes_per_step]
             loss = 0.0
             for i in chunk:
                 lp = action_logps(model, items[i][0], pad_id, device)
+                old[i] = lp.detach() if old[i] is None else old[i]
                 l_i, kl, clip = episode_loss(lp, old[i], ref[i], items[i][1], cfg.clip_eps, cfg.kl_coef)
                 loss = loss + l_i / len(chunk)
                 kls.append(float(kl))

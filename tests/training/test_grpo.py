@@ -96,3 +96,35 @@ def test_the_gradient_raises_a_rewarded_episode_and_lowers_a_failed_one(tiny_hf_
         moved = float(after.sum() - before.sum())
         assert moved * adv > 0, (adv, float(before.sum()), float(after.sum()))
         assert float(kl_after) > 0
+
+
+def test_one_iterations_update_widens_the_gap_between_the_rewarded_and_the_failed_episode(tiny_hf_model, episodes):
+    """training/rl.py's update through the DeepSpeed engine: one optimizer step per episode (the second one's
+    `old` log-probs are the rollout weights', computed before the first step)."""
+    from training.dpo import action_logps, frozen_copy, optimizer_engine
+    from training.model import ActionLoss, build_model
+    from training.rl import RLConfig, update
+    from training.samples import build_samples, episode_conversations
+    from training.tokenizer import ChatEncoder, load_tokenizer
+    from training.train import _setup_dist
+
+    _setup_dist()
+    tok = load_tokenizer(tiny_hf_model)
+    enc = ChatEncoder(tok)
+    policy = ActionLoss(build_model(str(tiny_hf_model), len(tok)))
+    reference = frozen_copy(policy)
+    engine = optimizer_engine(policy, 1e-4, 0, 1)
+    cfg = RLConfig(episodes_per_step=1, clip_eps=0.2, kl_coef=0.05)
+
+    def gap() -> float:
+        with torch.no_grad():
+            good, bad = (action_logps(policy, build_samples(episode_conversations([ep]), enc, 1024),
+                                      tok.pad_token_id, "cpu").mean() for ep in episodes)
+        return float(good - bad)
+
+    before = gap()
+    stats = update(engine, reference, list(episodes), [1.0, -1.0], enc, tok.pad_token_id, cfg, it=1)
+    assert stats["steps"] == 2 and stats["episodes_trained"] == 2
+    assert stats["kl"] > 0 and 0.0 <= stats["clip_frac"] <= 1.0  # the second episode was scored after a step
+    assert gap() > before
+    assert update(engine, reference, list(episodes), [0.0, 0.0], enc, tok.pad_token_id, cfg, it=2)["steps"] == 0
