@@ -5,6 +5,7 @@
     lam data stats runs/data ; lam data show runs/data --episode BabyAI-GoToLocal-v0-16 ; lam data repair runs/data
     lam train --data runs/data --config configs/train/tiny.yaml --out runs/train [--resume | --overwrite]
     lam dpo --data runs/data --model runs/train/export --out runs/dpo [--resume | --overwrite]
+    lam rl --model runs/train/export --out runs/rl [--resume | --overwrite] [--model-url URL] [key=value ...]
     lam train-verifier --data runs/qs/eval,runs/planted --out runs/verifier [--lam runs/qs/train/export]
     lam serve --model runs/train/export --port 8000
     lam eval --model-url http://127.0.0.1:8000/v1 --model export --episodes 200 --out runs/eval
@@ -36,6 +37,8 @@ COMMANDS = [
     ("train", "train an action model with DeepSpeed", "training.cli", "add_train_args", "train_main"),
     ("dpo", "preference training (DPO) on success/failure pairs of the same task",
      "training.cli", "add_dpo_args", "dpo_main"),
+    ("rl", "online RL (GRPO) on the model's own rollouts; new weights pushed to the running server",
+     "training.cli", "add_rl_args", "rl_main"),
     ("train-verifier", "train the outcome verifier: P(environment-verified success | transcript), with baselines",
      "training.verifier_cli", "add_args", "main"),
     ("serve", "serve a model directory behind an OpenAI-compatible API",

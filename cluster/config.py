@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from data_collection.collect_config import CollectConfig, known_env
 from data_collection.overrides import apply_overrides, read_yaml
 from training.dpo import DPOConfig
+from training.rl import RLConfig
 from training.train import TrainConfig
 
 
@@ -99,10 +100,12 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     serve: ServeSection = ServeSection()
     eval: EvalSection = EvalSection()
-    # training phases in order: imitation, then optionally self_boost (rejection-sampling SFT) and dpo
+    # training phases in order: imitation, then optionally self_boost (rejection-sampling SFT), dpo and rl
     phases: list[str] = ["imitation"]
     self_boost: SelfBoostSection = SelfBoostSection()
     dpo: DPOConfig = DPOConfig()
+    # online RL (training/rl.py): env, levels and the runner's limits come from collect/eval/train unless set here
+    rl: RLConfig = RLConfig()
 
     @field_validator("collect", mode="before")
     @classmethod
@@ -112,7 +115,7 @@ class PipelineConfig(_Strict):
     @field_validator("phases")
     @classmethod
     def _phases_known(cls, v: list[str]) -> list[str]:
-        known = ["imitation", "self_boost", "dpo"]
+        known = ["imitation", "self_boost", "dpo", "rl"]
         for p in v:
             if p not in known:
                 raise ValueError(f"unknown phase {p!r}; known: {', '.join(known)}")
@@ -120,6 +123,8 @@ class PipelineConfig(_Strict):
             raise ValueError("phases must start with 'imitation'")
         if "dpo" in v and "self_boost" not in v:
             raise ValueError("'dpo' needs 'self_boost' first: it learns from the model's own success/failure pairs")
+        if "rl" in v and v[-1] != "rl":
+            raise ValueError("'rl' is the last phase: it starts from the model every other phase produced")
         return v
 
     def check_levels(self) -> None:

@@ -1,7 +1,8 @@
-"""The pipeline driver: collect → train (imitation [→ self-boost → DPO]) → serve → evaluate.
+"""The pipeline driver: collect → train (imitation [→ self-boost → DPO] [→ online RL]) → serve → evaluate.
 
     lam pipeline --config configs/quickstart.yaml
     lam pipeline --config configs/recipe.yaml        # all three LAM training phases
+    lam pipeline --config configs/recipe.yaml --set 'phases=[imitation,self_boost,dpo,rl]'   # and online RL
 
 Re-running with the same run_dir skips finished stages (markers in run_dir/stages.json) and
 resumes unfinished ones from what they left on disk. Each stage records the configuration its
@@ -9,6 +10,7 @@ output was made from (its inputs and a digest that also covers the stages it rea
 re-run whose config changes a recorded stage is refused, naming the stage and the changed keys,
 unless `--rerun-changed` deletes and redoes the changed stages (and every stage that reads them).
 Held-out success is measured after every training phase, so the report shows what each phase changed.
+(Over 400 lines: the one driver every phase passes through, read top to bottom; each stage's logic is its package's.)
 """
 from __future__ import annotations
 
@@ -136,6 +138,10 @@ def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
             add("dpo_train", {"dpo": cfg.dpo.model_dump(exclude=speed), **runner}, ["self_boost_attempts", model],
                 ["train_dpo"])
             model = "dpo_train"
+        elif phase == "rl":
+            add("rl_train", {"rl": _rl_config(cfg).model_dump(exclude=speed), "serve.backend": cfg.serve.backend},
+                [model], ["train_rl"])
+            model = "rl_train"
         add(f"eval_{phase}", {**held_out, "serve.backend": cfg.serve.backend}, [model],
             [f"eval/{_model_name(cfg, phase)}"])
     for x in e.also:  # the final model on another env: same sampling and runner, its own tasks
@@ -146,6 +152,17 @@ def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
         add(f"eval_{name}", {k: v for k, v in _flat(held_out).items() if k != "eval.temperature"}, [],
             [f"eval/{name}"])
     return plan
+
+
+def _rl_config(cfg: PipelineConfig):
+    """The rl section with what the pipeline decides for every phase: the env, the levels (collect's unless
+    rl.levels is set), the runner's limits (eval's and train's) and the seed."""
+    r, e = cfg.rl, cfg.eval
+    update = {"env": cfg.collect.env, "max_steps": e.max_steps, "max_retries": e.max_retries,
+              "history_window": cfg.train.history_window}
+    if "levels" not in r.model_fields_set:
+        update["levels"] = cfg.collect.levels
+    return r.model_copy(update=update)
 
 
 def _also_stage(x) -> str:
@@ -209,15 +226,19 @@ def check_stages(stages: _Stages, plan: dict, run_dir: Path, rerun_changed: bool
     return list(stale)
 
 
+def _server_args(cfg: PipelineConfig) -> dict:
+    """start_server_subprocess's keywords from the serve section (evaluation, self-boosting and RL alike)."""
+    sv = cfg.serve
+    return {"threads": sv.threads, "max_batch_size": sv.max_batch_size, "backend": sv.backend, "port": sv.port,
+            "model_name": SERVED_NAME, "max_new_tokens_limit": sv.max_new_tokens,
+            "extra_args": ["--prefill-thread", sv.prefill_thread, "--packed-prefill", sv.packed_prefill,
+                           "--replicas", str(sv.replicas)]}
+
+
 def _with_server(cfg: PipelineConfig, export: str, fn):
     from serving.launch import start_server_subprocess
 
-    server = start_server_subprocess(export, threads=cfg.serve.threads, max_batch_size=cfg.serve.max_batch_size,
-                                     backend=cfg.serve.backend, port=cfg.serve.port, model_name=SERVED_NAME,
-                                     max_new_tokens_limit=cfg.serve.max_new_tokens,
-                                     extra_args=["--prefill-thread", cfg.serve.prefill_thread,
-                                                 "--packed-prefill", cfg.serve.packed_prefill,
-                                                 "--replicas", str(cfg.serve.replicas)])
+    server = start_server_subprocess(export, **_server_args(cfg))
     console.print(f"[bold]serve[/]: {export} at {server.base_url} (pid {server.pid})")
     try:
         return fn(server.base_url)
@@ -341,6 +362,21 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
             export = info["export"]
             console.print(f"[bold]dpo[/]: {info['pairs']} pairs, reward accuracy {info['reward_accuracy']:.2f}")
             eval_phase("dpo", export)
+
+    # 5. online RL: the model's own rollouts, the environment's verdict as reward ---------------
+    if "rl" in cfg.phases:
+        from training.rl import train_rl
+
+        rl_dir = run_dir / "train_rl"
+        info = _stage(stages, plan, "rl_train", lambda: train_rl(
+            export, str(rl_dir), _rl_config(cfg), resume=(rl_dir / "checkpoints").exists(),
+            server=_server_args(cfg), log=console.print))
+        wall["rl_train"] = info["wall_s"]
+        export = info["export"]
+        console.print(f"[bold]rl[/]: {info['iterations']} iterations, rollout success "
+                      f"{100 * info['first_success_rate']:.1f}% -> {100 * info['last_success_rate']:.1f}% "
+                      f"(rollouts {info['rollout_s']:.0f}s, updates {info['update_s']:.0f}s)")
+        eval_phase("rl", export)
 
     # the final model on other environments (eval.also) -------------------------------------------
     also: dict[str, dict] = {}

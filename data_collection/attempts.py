@@ -28,8 +28,11 @@ from envs.base import Task
 
 
 def collect_attempts(out: str | Path, env: str, tasks: list[Task], trials: int, policy_for_trial, runner: dict,
-                     workers: int, batch: int = 32) -> dict:
-    """Returns {"successes", "failures", "duplicates", "attempted"}: unique episodes stored in train/ and failures/."""
+                     workers: int, batch: int = 32, on_batch=None) -> dict:
+    """Returns {"successes", "failures", "duplicates", "attempted"}: unique episodes stored in train/ and failures/.
+
+    on_batch(chunk, result): every finished batch as the fleet returned it (a table of every episode's rows,
+    identical ones too), before de-duplication: the online RL phase (training/rl.py) needs each group whole."""
     store = TrajectoryStore(Path(out))
     with _sole_writer(store.root):
         policies = [policy_for_trial(t) for t in range(trials)]
@@ -57,6 +60,8 @@ def collect_attempts(out: str | Path, env: str, tasks: list[Task], trials: int, 
                     fleet.submit(works[a // n], [(i, tasks[i % n]) for i in range(a, b)])
                 for chunk, result in fleet.wait(timeout=1.0):
                     _write(store, ledger, chunk, result, stats)
+                    if on_batch is not None:
+                        on_batch(chunk, result)
         finally:
             if fleet is not None:
                 fleet.close()

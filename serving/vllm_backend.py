@@ -65,8 +65,10 @@ def chat_template_path(model_dir: str, chat_template: str | None = None) -> str 
 def build_vllm_command(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000,
                        served_model_name: str | None = None, chat_template: str | None = None,
                        enable_tools: bool = True, tool_call_parser: str = "hermes", vllm_bin: str = "vllm",
-                       max_num_seqs: int | None = None, extra_args: list[str] | tuple = ()) -> list[str]:
-    """The exact `vllm serve` argv; the API key is passed as env VLLM_API_KEY, never on the command line."""
+                       max_num_seqs: int | None = None, extra_args: list[str] | tuple = (),
+                       weight_updates: bool = False) -> list[str]:
+    """The exact `vllm serve` argv; the API key is passed as env VLLM_API_KEY, never on the command line.
+    weight_updates: add our worker extension, so new weights load while serving (serving/vllm_weights.py)."""
     cmd = [vllm_bin, "serve", str(model_dir), "--host", host, "--port", str(port),
            "--served-model-name", served_model_name or default_model_name(model_dir)]
     if chat_template:
@@ -75,6 +77,10 @@ def build_vllm_command(model_dir: str, *, host: str = "127.0.0.1", port: int = 8
         cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
     if max_num_seqs:
         cmd += ["--max-num-seqs", str(max_num_seqs)]
+    if weight_updates:
+        from .vllm_weights import WORKER_EXTENSION
+
+        cmd += ["--worker-extension-cls", WORKER_EXTENSION]
     return cmd + list(extra_args)
 
 
@@ -82,7 +88,7 @@ def start_vllm(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, ser
                api_key: str | None = None, vllm_bin: str | None = None, chat_template: str | None = None,
                enable_tools: bool = True, max_num_seqs: int | None = None, timeout: float = 900.0,
                extra_args: list[str] | tuple = (), wait: bool = True, inherit_output: bool = False,
-               need_chat: bool = True) -> ServerProcess:
+               need_chat: bool = True, weight_updates: bool = False) -> ServerProcess:
     """Print and launch `vllm serve ...`, then wait for GET /health (model loading can take minutes).
 
     The directory is checked first (serving/model_dir.py, ModelDirError): vllm would otherwise take a bad
@@ -94,12 +100,17 @@ def start_vllm(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, ser
     name = served_model_name or default_model_name(model_dir)
     cmd = build_vllm_command(model_dir, host=host, port=port, served_model_name=name,
                              chat_template=chat_template_path(model_dir, chat_template), enable_tools=enable_tools,
-                             vllm_bin=exe, max_num_seqs=max_num_seqs, extra_args=extra_args)
+                             vllm_bin=exe, max_num_seqs=max_num_seqs, extra_args=extra_args,
+                             weight_updates=weight_updates)
     print("launching:", shlex.join(cmd), file=sys.stderr, flush=True)
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # models are local directories: never a hub lookup
     if api_key:
         env["VLLM_API_KEY"] = api_key
+    if weight_updates:  # /collective_rpc exists in dev mode only; the workers import our extension from here
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                          env.get("PYTHONPATH")]))
     proc, log_path = popen_logged(cmd, env, prefix="lam-vllm-", inherit_output=inherit_output)
     handle = ServerProcess(proc, host, port, log_path, name)
     if wait:

@@ -1,7 +1,8 @@
-"""`lam train` and `lam dpo`: this stage's command line (cluster/cli.py only dispatches here).
+"""`lam train`, `lam dpo` and `lam rl`: this stage's command line (cluster/cli.py only dispatches here).
 
     lam train --data runs/data --config configs/train/tiny.yaml --out runs/train [--resume | --overwrite] [key=value ...]
     lam dpo --data runs/data --model runs/train/export --out runs/dpo [--resume | --overwrite] [key=value ...]
+    lam rl --model runs/train/export --out runs/rl [--resume | --overwrite] [--model-url URL] [key=value ...]
 
 The ranks themselves start through training/train.py's own entry point (torchrun / deepspeed).
 """
@@ -67,3 +68,30 @@ def dpo_main(a) -> None:
     cfg = DPOConfig(**read_config(a.config, a.overrides, section="dpo"))
     print(json.dumps(train_dpo(a.data.split(","), a.model, a.out, cfg, resume=a.resume, overwrite=a.overwrite),
                      indent=1))
+
+
+def add_rl_args(s: argparse.ArgumentParser) -> None:
+    s.description = ("Online RL (training/rl.py): GRPO-style policy gradient on the model's own rollouts, the "
+                     "environment's verdict as reward, new weights pushed to the running server each iteration.")
+    s.add_argument("--model", required=True, help="Hugging Face model dir to start from (also the KL reference)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", default=None, help="YAML with an rl: section (configs/recipe.yaml) or RL keys")
+    s.add_argument("--resume", action="store_true", help="continue the run in OUT from its last finished iteration")
+    s.add_argument("--overwrite", action="store_true", help="delete the previous run's files in OUT and start over")
+    s.add_argument("--model-url", default=None,
+                   help="roll out against this running server (e.g. http://127.0.0.1:8000/v1; its weights are "
+                        "replaced) instead of starting the embedded one on --model")
+    s.add_argument("--serve-threads", type=int, default=2, help="the embedded server's torch threads")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="RLConfig keys: iterations=10 tasks_per_iter=16 group_size=4 lr=5e-5 kl_coef=0.05 ...")
+
+
+def rl_main(a) -> None:
+    from training.rl import RLConfig, train_rl
+    from training.run_dir import check_flags
+    from training.train import read_config
+
+    check_flags(a.resume, a.overwrite)
+    cfg = RLConfig(**read_config(a.config, a.overrides, section="rl"))
+    print(json.dumps(train_rl(a.model, a.out, cfg, model_url=a.model_url, resume=a.resume, overwrite=a.overwrite,
+                              server={"threads": a.serve_threads}), indent=1))

@@ -67,8 +67,9 @@ def _episode_samples(ep: list[StepRow], encoder, action_names, window: int, max_
     return build_samples(episode_conversations([ep]), encoder, max_len)
 
 
-def _seq_logp(model, samples, pad_id: int, device):
-    """Sum of action-token log-probs over all windows of one episode."""
+def action_logps(model, samples, pad_id: int, device):
+    """The log-prob of every action token of one episode (all its windows, in order), 1-D: what DPO sums
+    and the RL phase (training/rl.py) weighs token by token. `model`: an ActionLoss (`.lm` the causal LM)."""
     import torch
 
     from training.samples import collate
@@ -78,7 +79,38 @@ def _seq_logp(model, samples, pad_id: int, device):
     target = batch["labels"][:, 1:]
     keep = target != -100
     logits = model.lm.lm_head(hidden[:, :-1][keep]).float()
-    return torch.log_softmax(logits, -1).gather(1, target[keep].unsqueeze(1)).sum(), int(keep.sum())
+    return torch.log_softmax(logits, -1).gather(1, target[keep].unsqueeze(1)).squeeze(1)
+
+
+def _seq_logp(model, samples, pad_id: int, device):
+    """Sum of action-token log-probs over all windows of one episode, and their count."""
+    lp = action_logps(model, samples, pad_id, device)
+    return lp.sum(), int(lp.numel())
+
+
+def frozen_copy(policy):
+    """The reference model: a copy of the starting policy that never trains."""
+    import copy
+
+    reference = copy.deepcopy(policy).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+def optimizer_engine(policy, lr: float, zero_stage: int, micro_batch: int):
+    """AdamW wrapped in a DeepSpeed engine (gloo on CPU, NCCL on GPUs), as DPO and the RL phase train."""
+    import deepspeed
+    import torch
+
+    from training.zero_config import deepspeed_config
+
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    engine, *_ = deepspeed.initialize(model=policy, optimizer=opt,
+                                      config=deepspeed_config(zero_stage, micro_batch, 1, 1.0, False))
+    return engine
 
 
 class NoPairsError(ValueError):
@@ -115,9 +147,6 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     check_tensorboard(cfg.tensorboard)
     _setup_dist()
     note_op_build()
-    import copy
-
-    import deepspeed
     import torch
     from rich.progress import Progress
 
@@ -127,7 +156,6 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     from training.metrics import MultiLogger
     from training.model import ActionLoss, build_model
     from training.tokenizer import ChatEncoder, load_tokenizer
-    from training.zero_config import deepspeed_config
 
     torch.set_num_threads(cfg.threads or 2)
     torch.manual_seed(cfg.seed)
@@ -156,14 +184,8 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
                 _episode_samples(b, enc, names, cfg.history_window, cfg.max_seq_len)) for g, b in pairs]
 
     policy = ActionLoss(build_model(model_dir, len(tok)))
-    reference = copy.deepcopy(policy).eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
-    engine, *_ = deepspeed.initialize(model=policy, optimizer=opt,
-                                      config=deepspeed_config(cfg.zero_stage, cfg.pairs_per_step, 1, 1.0, False))
+    reference = frozen_copy(policy)
+    engine = optimizer_engine(policy, cfg.lr, cfg.zero_stage, cfg.pairs_per_step)
     device = engine.device
     reference.to(device)
     with torch.no_grad():

@@ -7,9 +7,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-# everything training/train.py and training/dpo.py write under OUT (tensorboard/: the pre-`tb` name)
+# everything training/train.py, dpo.py and rl.py write under OUT (tensorboard/: the pre-`tb` name)
 TRAINER_FILES = ("checkpoints", "tokenizer", "export", "adapter", "tb", "tensorboard", "metrics.jsonl",
-                 "summary.json", "train_config.json", "deepspeed_config.json", "dpo_config.json")
+                 "summary.json", "train_config.json", "deepspeed_config.json", "dpo_config.json",
+                 "rl_config.json", "rollouts", "weights")
 
 
 class RunExistsError(FileExistsError):
