@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -30,6 +31,9 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# the same OpenMP wait policy on both sides: the server gets PASSIVE from serving/launch.py, so does this
+# process's engine (it must be set before torch starts its thread pool)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
@@ -104,7 +108,7 @@ def pipeline(env_name: str, tasks, policy: dict, runner, workers: int, out: Path
     from data_collection.store import TrajectoryStore
     from eval.evaluator import run_units
 
-    stats = run_units("pipeline", env_name, [(t, 0) for t in tasks], policy, runner, workers, out, chunk=2,
+    stats = run_units("pipeline", env_name, [(t, 0) for t in tasks], policy, runner, workers, out, chunk=4,
                       progress=False, pool=fleet)
     rows = TrajectoryStore(out).read_rows("episodes")
     return {"wall_s": stats["wall_s"], "steps": len(rows), "episodes": len({r.episode_id for r in rows})}

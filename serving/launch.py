@@ -141,6 +141,9 @@ def start_server_subprocess(model_dir: str, port: int = 0, threads: int | None =
         child_env.pop("LAM_API_KEY", None)  # an inherited key would lock out a caller that passed none
     if threads:  # size OpenMP/MKL pools like torch's: oversubscribed spin-waits are very slow on CPU
         child_env["OMP_NUM_THREADS"] = str(threads)
+    # The server shares its cores with rollout actors and environments: idle OpenMP threads that spin take
+    # their CPU (server CPU per agent step 17.4 -> 9.8 ms, rollout steps/s +9%, bench/RESULTS.md "Rollout")
+    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     proc, log_path = popen_logged(cmd, child_env)
     handle = ServerProcess(proc, host, port, log_path, name)
     try:
