@@ -80,7 +80,9 @@ def main(a) -> int:
         from eval.report import compare
 
         out = compare(a.words[1:], a.out or "runs/eval-compare", html=not a.no_html)
-        print(f"comparison of {len(a.words) - 1} runs: {out}/report.md, {out}/report.html")
+        if "same_tasks" in json.loads((out / "report.json").read_text()):  # plain evaluations: the table itself
+            print((out / "report.md").read_text())
+        print(f"comparison of {len(a.words) - 1} runs: {', '.join(str(p) for p in sorted(out.glob('report.*')))}")
         return 0
     if a.verifier and a.suite is not None:
         raise ValueError("--verifier scores the plain evaluation's episodes; run it without --suite")

@@ -248,6 +248,14 @@ def compare(dirs: list[str], out: str, html: bool = True) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist (run `lam eval --suite ... --out {d}` first)")
         columns.append((Path(d), json.loads(path.read_text())))
+    plain = [str(o) for o, r in columns if "suite" not in r]
+    if plain:  # plain evaluations (`lam eval` without --suite): success per level and its change
+        if len(plain) != len(columns) or any("policies" not in r for _, r in columns):
+            raise ValueError(f"cannot compare plain evaluations ({', '.join(plain)}) with suite runs; "
+                             "compare runs of one kind")
+        from eval.compare_plain import compare_plain
+
+        return compare_plain(columns, out)
     suites = {r["suite"] for _, r in columns}
     if len(suites) > 1:
         raise ValueError(f"cannot compare different suites side by side: {', '.join(sorted(suites))}")

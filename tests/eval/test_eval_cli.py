@@ -120,3 +120,36 @@ def test_plain_eval_writes_reports_to_a_default_out_and_keeps_stdout_for_results
     p = subprocess.run(args + ["--json", "--out", "j"], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=180)
     assert p.returncode == 0 and json.loads(p.stdout)["sampling"]["policy"] == "random"
+
+
+def test_compare_of_plain_evaluations_gives_each_level_and_the_change_with_its_interval(tmp_path, ray_local, capsys,
+                                                                                        monkeypatch):
+    """`lam eval compare` on two plain runs (the expert and random on the same tasks) tabulates success per
+    level and the change against the first run; a plain run next to a suite run is refused in one line."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_local.get_runtime_context().gcs_address)
+    common = ["--levels", "BabyAI-GoToLocal-v0,BabyAI-PickupLoc-v0", "--episodes", "6", "--max-steps", "12",
+              "--workers", "2", "--no-html"]
+    for policy in ("expert", "random"):
+        assert main(["eval", "--policy", policy, *common, "--out", str(tmp_path / policy)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "compare", str(tmp_path / "expert"), str(tmp_path / "random"), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["same_tasks"] and "Same held-out tasks" in out
+    rows = {r["level"]: r for r in report["table"]}
+    assert set(rows) == {"BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "all levels"}
+    for lvl, r in rows.items():
+        expert, rand = r["success"]
+        n = 12 if lvl == "all levels" else 6
+        assert expert == {"successes": n, "episodes": n} and rand["episodes"] == n
+        change = r["change_vs_first"][0]
+        assert change["delta"] == pytest.approx(rand["successes"] / n - 1.0)
+        assert change["ci95"][0] <= change["delta"] <= change["ci95"][1]
+    assert "| all levels | 100.0%" in out
+    # a suite run is another kind of report
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "report.json").write_text(json.dumps({"suite": "robustness", "variants": {}}))
+    assert main(["eval", "compare", str(tmp_path / "expert"), str(suite)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot compare plain evaluations" in err and "\n" not in err
