@@ -34,7 +34,7 @@ def compare_plain(runs: list[tuple[Path, dict]], out: str | Path) -> Path:
             cells.append(None if m is None else (m["successes"], m["episodes"]))
         rows.append((lvl, cells))
     same = len({_tasks(r) for _, r in runs}) == 1
-    head = ["level"] + [name for name, _ in cols] + [f"change vs {cols[0][0]}" for _ in cols[1:]]
+    head = ["level"] + [name for name, _ in cols] + [f"{name} vs {cols[0][0]}" for name, _ in cols[1:]]
     lines = ["# lam eval compare", "", ("Same held-out tasks in every run." if same else
              "**The runs are on different tasks** (levels, episodes or task seeds differ): a change mixes task and model."),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
