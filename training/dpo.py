@@ -88,6 +88,23 @@ def _seq_logp(model, samples, pad_id: int, device):
     return lp.sum(), int(lp.numel())
 
 
+def begin_run(out_dir: str, resume: bool, overwrite: bool, tensorboard: bool, threads: int | None, seed: int) -> None:
+    """What a training phase does before its first tensor (DPO, RL): OUT prepared (resumed, overwritten or
+    refused), TensorBoard and the process group checked, DeepSpeed's op note, torch threads and seed."""
+    from training.metrics import check_tensorboard
+    from training.run_dir import prepare_out_dir
+    from training.train import _setup_dist, note_op_build
+
+    prepare_out_dir(out_dir, resume, overwrite)
+    check_tensorboard(tensorboard)
+    _setup_dist()
+    note_op_build()
+    import torch
+
+    torch.set_num_threads(threads or 2)
+    torch.manual_seed(seed)
+
+
 def frozen_copy(policy):
     """The reference model: a copy of the starting policy that never trains."""
     import copy
@@ -138,15 +155,8 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
               resume: bool = False, overwrite: bool = True) -> dict:
     """DPO into OUT. resume: continue from OUT/checkpoints/latest; otherwise a previous run in OUT is deleted
     (overwrite=True, the pipeline's way) or refused with RunExistsError (`lam dpo` without --overwrite)."""
-    from training.metrics import check_tensorboard
-    from training.run_dir import prepare_out_dir
-    from training.train import _setup_dist, note_op_build
-
     _check_inputs(data_dirs, model_dir)
-    prepare_out_dir(out_dir, resume, overwrite)
-    check_tensorboard(cfg.tensorboard)
-    _setup_dist()
-    note_op_build()
+    begin_run(out_dir, resume, overwrite, cfg.tensorboard, cfg.threads, cfg.seed)
     import torch
     from rich.progress import Progress
 
@@ -157,8 +167,6 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     from training.model import ActionLoss, build_model
     from training.tokenizer import ChatEncoder, load_tokenizer
 
-    torch.set_num_threads(cfg.threads or 2)
-    torch.manual_seed(cfg.seed)
     out = Path(out_dir)
     t0 = time.perf_counter()
     rows: list[StepRow] = []

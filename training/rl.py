@@ -159,16 +159,11 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
     None: start the embedded server on model_dir (`server`: start_server_subprocess keywords) and stop it at
     the end. resume: continue from OUT/checkpoints; otherwise a previous run in OUT is deleted (overwrite,
     the pipeline's way) or refused (RunExistsError)."""
-    from training.metrics import check_tensorboard
-    from training.run_dir import prepare_out_dir
-    from training.train import _setup_dist, note_op_build
+    from training.dpo import begin_run
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_inputs(model_dir, cfg)
-    prepare_out_dir(out_dir, resume, overwrite)
-    check_tensorboard(cfg.tensorboard)
-    _setup_dist()
-    note_op_build()
+    begin_run(out_dir, resume, overwrite, cfg.tensorboard, cfg.threads, cfg.seed)
     import torch
 
     from eval.metrics import wilson
@@ -180,8 +175,6 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
     from training.rl_server import served_policy
     from training.tokenizer import ChatEncoder, load_tokenizer
 
-    torch.set_num_threads(cfg.threads or 2)
-    torch.manual_seed(cfg.seed)
     out, t_start = Path(out_dir), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "rl_config.json").write_text(cfg.model_dump_json(indent=1))
