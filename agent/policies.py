@@ -245,21 +245,26 @@ class ModelPolicy:
     def begin(self, env, task) -> None:
         self._task = task
 
+    def sampling(self, step: int, attempt: int, tools: bool) -> dict[str, Any]:
+        """max_tokens, temperature and seed of one request: greedy (or the set temperature) on the first try,
+        warmer on retries; seeded per (task, step, attempt) so sampled runs are reproducible and retries differ.
+        bench/rollout.py's in-process policy asks the engine with exactly these."""
+        out: dict[str, Any] = {"max_tokens": max(self.max_tokens, self.tool_max_tokens) if tools else self.max_tokens,
+                               "temperature": self.temperature if attempt == 0 else max(self.temperature, 0.7)}
+        seed = zlib.crc32(f"{self._task.task_id}/{step}/{attempt}/{self.seed}".encode()) if self.temperature > 0 else None
+        if seed is not None or attempt > 0:
+            out["seed"] = seed if seed is not None else attempt
+        return out
+
     def act(self, messages, env, step, attempt):
         import openai
         from openai.types.chat import ChatCompletion
 
-        # Seed per (task, step, attempt): sampled runs are reproducible and retries differ.
-        seed = zlib.crc32(f"{self._task.task_id}/{step}/{attempt}/{self.seed}".encode()) if self.temperature > 0 else None
         space = action_space_of(env)
         tools = space.tools if space.kind == "tools" else None
-        kwargs: dict[str, Any] = dict(model=self.model, messages=messages,
-                                      max_tokens=max(self.max_tokens, self.tool_max_tokens) if tools else self.max_tokens)
+        kwargs: dict[str, Any] = dict(model=self.model, messages=messages, **self.sampling(step, attempt, bool(tools)))
         if tools:
             kwargs["tools"] = tools
-        kwargs["temperature"] = self.temperature if attempt == 0 else max(self.temperature, 0.7)
-        if seed is not None or attempt > 0:
-            kwargs["seed"] = seed if seed is not None else attempt
         delay, last_error = 0.5, None
         for tried in range(self.retries + 1):
             if tried:

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,19 +38,16 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 SERVED = "lam-rollout-bench"
 
+from agent.policies import ModelPolicy  # noqa: E402  (after the path insert above)
 
-class EnginePolicy:
-    """The model policy without HTTP: the server's chat route (serving/routes/chat.py) done in-process, the
-    same sampling as agent/policies.py ModelPolicy asks for (greedy first try, warmer seeded retries)."""
 
-    name = "model"
+class EnginePolicy(ModelPolicy):
+    """The model policy without HTTP: the server's chat route (serving/routes/chat.py) done in-process, with
+    the sampling ModelPolicy asks for (its `sampling()`: greedy first try, warmer seeded retries)."""
 
-    def __init__(self, backend, temperature: float, max_tokens: int = 16, tool_max_tokens: int = 512, seed: int = 0):
+    def __init__(self, backend, temperature: float, seed: int = 0) -> None:  # no HTTP client: not super().__init__
         self.backend, self.temperature, self.seed = backend, temperature, seed
-        self.max_tokens, self.tool_max_tokens = max_tokens, tool_max_tokens
-
-    def begin(self, env, task) -> None:
-        self._task = task
+        self.max_tokens, self.tool_max_tokens = 16, 512  # ModelPolicy's defaults
 
     def act(self, messages, env, step, attempt):
         from agent.policies import PolicyOutput, tool_call
@@ -63,10 +59,7 @@ class EnginePolicy:
         tools = space.tools if space.kind == "tools" else None
         msgs, tpl_tools = template_inputs(messages, tools)
         ids = self.backend.encode(self.backend.render_chat(msgs, tools=tpl_tools))
-        seed = zlib.crc32(f"{self._task.task_id}/{step}/{attempt}/{self.seed}".encode()) if self.temperature > 0 else None
-        params = SamplingParams(max_tokens=max(self.max_tokens, self.tool_max_tokens) if tools else self.max_tokens,
-                                temperature=self.temperature if attempt == 0 else max(self.temperature, 0.7),
-                                seed=seed if seed is not None else (attempt if attempt > 0 else None))
+        params = SamplingParams(**self.sampling(step, attempt, bool(tools)))
         text = self.backend.generate_sync(ids, params).choices[0].text
         if not tools:
             return text
