@@ -72,6 +72,9 @@ class StepLog:
     # renders its samples from it): chat messages, and the OpenAI tools of a tool space ([] in text)
     messages: list[dict] = field(default_factory=list)
     tools: list[dict] = field(default_factory=list)
+    # who chose this step's action where a policy hands over mid-episode (agent/policies.py TakeoverPolicy:
+    # "model" then "expert"); "" for every other policy: the episode's policy acted throughout
+    actor: str = ""
 
 
 @dataclass
@@ -247,7 +250,8 @@ class EpisodeRunner:
         shown = self.feedback if tells else ""  # the feedback this step's prompt carried
         log = StepLog(step, obs.state, shown, raw, "", False, retries, "", 0.0, env.success, False,
                       latency_s=latency, memory=mem_text, tool_calls=g.calls, messages=first_messages,
-                      tools=list(space.tools) if space.kind == "tools" else [])
+                      tools=list(space.tools) if space.kind == "tools" else [],
+                      actor=getattr(self.policy, "actor", ""))
         self.ep.steps.append(log)
         self.step_index += 1
         if not g.ok:

@@ -306,3 +306,36 @@ def _error_text(e: Exception) -> str:
         err = body.get("error", body)
         return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
     return str(e)[:300]
+
+
+class TakeoverPolicy:
+    """DAgger's data, one expert intervention per rollout: the model acts for a random prefix of
+    0..max_prefix steps (fixed by seed and task), then the environment's expert takes over from the state
+    the model left and finishes the episode. Its steps are the expert's labels for the states the model
+    itself reaches (a wrong turn, a loop) that expert demonstrations never show. `actor` names who chose
+    the step just taken; the record keeps it per step (row `policy`), and training learns only the
+    expert's steps of such an episode, the model's staying as the context it saw (training/samples.py)."""
+
+    name = "takeover"
+
+    def __init__(self, model: Policy, seed: int = 0, max_prefix: int = 40) -> None:
+        self.model, self._seed, self._max_prefix = model, seed, max_prefix  # model: a ModelPolicy (any Policy)
+        self.actor = ""
+
+    def begin(self, env, task) -> None:
+        self.model.begin(env, task)
+        self._expert = None
+        self.prefix = random.Random(f"takeover/{self._seed}/{task.task_id}").randint(0, self._max_prefix)
+
+    @property
+    def usage(self) -> dict:
+        return getattr(self.model, "usage", {})
+
+    def act(self, messages, env, step, attempt):
+        if step < self.prefix:
+            self.actor = self.model.name
+            return self.model.act(messages, env, step, attempt)
+        if self._expert is None:  # built on the state the model left: the bot plans from what it sees now
+            self._expert = env.make_expert()
+        self.actor = "expert"
+        return _expert_output(self._expert.act(), env)

@@ -8,6 +8,8 @@ benches all build their policies here.
     build_policy({"kind": "expert", "plant": {"fault": "skip_last", "rate": 0.3}})   planted false claims (agent/planted.py)
     build_policy({"kind": "faulty-expert", "p_invalid": 0.3, "p_unsafe": 0.3})    garbled outputs, a stray rm
     build_policy({"kind": "model", "base_url": URL, "model": NAME, "temperature": 0.0, "retries": 3})
+    build_policy({"kind": "takeover", "base_url": URL, "model": NAME, "temperature": 1.0, "max_prefix": 40})
+                                                 the model for a random prefix, then the expert (DAgger data)
     build_policy(PolicySpec(kind="scripted", script={task_id: [outputs]}))   replay (sessions, gold data)
     build_policy(spec, on_crash="fail_episode")                        evaluation's crash handling
 
@@ -25,9 +27,9 @@ from typing import Literal
 
 from agent.planted import FaultyExpertPolicy, PlantedFaultPolicy
 from agent.policies import (EpisodeTimeout, ExpertPolicy, ModelPolicy, PolicyError, PrefixExpertPolicy, RandomPolicy,
-                            ScriptedPolicy)
+                            ScriptedPolicy, TakeoverPolicy)
 
-KINDS = ("expert", "random", "prefix-expert", "model", "scripted", "faulty-expert")
+KINDS = ("expert", "random", "prefix-expert", "model", "scripted", "faulty-expert", "takeover")
 OnCrash = Literal["raise", "fail_episode"] | None
 
 
@@ -36,7 +38,7 @@ class PolicySpec:
     kind: str = "expert"
     # random and prefix-expert draws; a model's sampling seed
     seed: int = 0
-    # prefix-expert: up to this many random steps before the expert takes over
+    # prefix-expert, takeover: up to this many steps (random, the model's) before the expert takes over
     max_prefix: int = 12
     # model: an OpenAI-compatible endpoint and the model it serves
     base_url: str = ""
@@ -99,14 +101,18 @@ def _bare(s: PolicySpec):
         return PrefixExpertPolicy(seed=int(s.seed), max_prefix=int(s.max_prefix))
     if s.kind == "scripted":
         return ScriptedPolicy(s.script)
-    if s.kind == "model":
+    if s.kind in ("model", "takeover"):
         if not s.base_url or not s.model:
             raise KeyError("base_url" if not s.base_url else "model")
+        if s.kind == "takeover":
+            return TakeoverPolicy(_bare(PolicySpec(**{**s.__dict__, "kind": "model"})), seed=int(s.seed),
+                                  max_prefix=int(s.max_prefix))
         return ModelPolicy(base_url=s.base_url, model=s.model, temperature=float(s.temperature),
                            max_tokens=int(s.max_tokens), seed=int(s.seed), timeout_s=float(s.timeout_s),
                            retries=int(s.retries), api_key=s.api_key or os.environ.get("LAM_API_KEY", "EMPTY"),
                            tool_max_tokens=int(s.tool_max_tokens))
-    raise ValueError(f"unknown policy kind {s.kind!r}: expected expert, random, prefix-expert, faulty-expert or model")
+    raise ValueError(f"unknown policy kind {s.kind!r}: expected expert, random, prefix-expert, faulty-expert, model "
+                     "or takeover")
 
 
 class _Guarded:
@@ -117,6 +123,11 @@ class _Guarded:
     @property
     def usage(self) -> dict:
         return getattr(self.inner, "usage", {})
+
+    @property
+    def actor(self) -> str:
+        """Who chose the step just taken, where the inner policy hands over (TakeoverPolicy); else ""."""
+        return getattr(self.inner, "actor", "")
 
     @property
     def planted(self) -> bool | None:

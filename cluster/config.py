@@ -92,6 +92,19 @@ class SelfBoostSection(_Strict):
     base_seed: int = 50_000_000  # fresh train-split seeds, none used by the expert collection
 
 
+class DaggerSection(_Strict):
+    # train-split tasks the model starts; the expert takes over from the state the model left after a random
+    # 0..max_prefix of its steps (DAgger's labels on the model's own states: agent/policies.py TakeoverPolicy)
+    tasks: int = Field(2000, gt=0)
+    max_prefix: int = Field(40, ge=0)
+    temperature: float = Field(0.7, ge=0.0)  # the model's sampling in its prefix (eval's, by default)
+    workers: int = Field(16, gt=0)
+    # continued SFT on the expert demonstrations + the expert's takeover steps (the model's steps are context)
+    epochs: float = 1.0
+    lr: float = 1e-3
+    base_seed: int = 60_000_000  # fresh train-split seeds, none used by collection or self-boosting
+
+
 class PipelineConfig(_Strict):
     run_dir: str = "runs/quickstart"
     seed: int = 0
@@ -100,8 +113,10 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     serve: ServeSection = ServeSection()
     eval: EvalSection = EvalSection()
-    # training phases in order: imitation, then optionally self_boost (rejection-sampling SFT), dpo and rl
+    # training phases in order: imitation, then optionally dagger (the expert's corrections on the model's own
+    # states), self_boost (rejection-sampling SFT), dpo and rl
     phases: list[str] = ["imitation"]
+    dagger: DaggerSection = DaggerSection()
     self_boost: SelfBoostSection = SelfBoostSection()
     dpo: DPOConfig = DPOConfig()
     # online RL (training/rl.py): env, levels and the runner's limits come from collect/eval/train unless set here
@@ -115,12 +130,14 @@ class PipelineConfig(_Strict):
     @field_validator("phases")
     @classmethod
     def _phases_known(cls, v: list[str]) -> list[str]:
-        known = ["imitation", "self_boost", "dpo", "rl"]
+        known = ["imitation", "dagger", "self_boost", "dpo", "rl"]
         for p in v:
             if p not in known:
                 raise ValueError(f"unknown phase {p!r}; known: {', '.join(known)}")
         if not v or v[0] != "imitation":
             raise ValueError("phases must start with 'imitation'")
+        if sorted(v, key=known.index) != v or len(set(v)) != len(v):
+            raise ValueError(f"phases run once each, in the order {' -> '.join(known)}; got {' -> '.join(v)}")
         if "dpo" in v and "self_boost" not in v:
             raise ValueError("'dpo' needs 'self_boost' first: it learns from the model's own success/failure pairs")
         if "rl" in v and v[-1] != "rl":

@@ -1,8 +1,9 @@
-"""The pipeline driver: collect → train (imitation [→ self-boost → DPO] [→ online RL]) → serve → evaluate.
+"""The pipeline driver: collect → train (imitation [→ DAgger] [→ self-boost → DPO] [→ online RL]) → serve → evaluate.
 
     lam pipeline --config configs/quickstart.yaml
     lam pipeline --config configs/recipe.yaml        # all three LAM training phases
     lam pipeline --config configs/recipe.yaml --set 'phases=[imitation,self_boost,dpo,rl]'   # and online RL
+    lam pipeline --config configs/quickstart.yaml --set 'phases=[imitation,dagger]'    # the expert's corrections
 
 Re-running with the same run_dir skips finished stages (markers in run_dir/stages.json) and
 resumes unfinished ones from what they left on disk. Each stage records the configuration its
@@ -124,15 +125,23 @@ def stage_plan(cfg: PipelineConfig) -> dict[str, dict]:
                   if k in PIPELINE_COLLECT_KEYS or v != getattr(base, k)}
     add("collect", {"collect": collect_in}, [], ["data"])
     add("train", {"train": cfg.train.model_dump(exclude=speed)}, ["collect"], ["train"])
-    model = "train"
+    model, sft_data = "train", ["collect"]
     for phase in cfg.phases:
-        if phase == "self_boost":
+        if phase == "dagger":
+            d = cfg.dagger
+            add("dagger_attempts", {"dagger": d.model_dump(include={"tasks", "max_prefix", "temperature", "base_seed"}),
+                                    "collect.levels": c.levels, "serve.backend": cfg.serve.backend, **held_out},
+                [model], ["dagger"])
+            add("dagger_train", {"train": cfg.train.model_dump(exclude=speed), "dagger": d.model_dump(include={"epochs", "lr"})},
+                ["collect", "dagger_attempts", model], ["train_dagger"])
+            model, sft_data = "dagger_train", ["collect", "dagger_attempts"]
+        elif phase == "self_boost":
             add("self_boost_attempts", {"self_boost": b.model_dump(include={"tasks", "trials", "temperature", "base_seed"}),
                                         "collect.levels": c.levels, "serve.backend": cfg.serve.backend, **held_out},
                 [model], ["boost"])
             add("self_boost_train", {"train": cfg.train.model_dump(exclude=speed),
                                      "self_boost": b.model_dump(include={"epochs", "lr"})},
-                ["collect", "self_boost_attempts", model], ["train_boost"])
+                [*sft_data, "self_boost_attempts", model], ["train_boost"])
             model = "self_boost_train"
         elif phase == "dpo":
             add("dpo_train", {"dpo": cfg.dpo.model_dump(exclude=speed), **runner}, ["self_boost_attempts", model],
@@ -320,7 +329,34 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
                   f"{info['final_loss']:.3f}, eval loss {info['eval_loss']:.3f} in {info['wall_s']:.0f}s → {export}")
     eval_phase("imitation", export)
 
-    # 3. self-boosting: the model attempts fresh training tasks; verified successes join the data
+    # 3. DAgger: the model starts fresh training tasks, the expert takes over where it left them; the
+    # expert's steps (its labels on the model's own states) join the demonstrations
+    sft_data = [str(data_dir)]
+    if "dagger" in cfg.phases:
+        d, dagger_dir = cfg.dagger, run_dir / "dagger"
+        dagger_tasks = sample_tasks(c.env, c.levels, "train", d.tasks, base_seed=d.base_seed)
+
+        def takeovers() -> dict:
+            from data_collection.attempts import collect_attempts
+
+            return _with_server(cfg, export, lambda url: collect_attempts(
+                dagger_dir / "data", c.env, dagger_tasks, 1,
+                lambda t: {**_model_policy(url, d.temperature, cfg.seed + 2000 + t), "kind": "takeover",
+                           "max_prefix": d.max_prefix}, wire(runner), d.workers))
+
+        info = _stage(stages, plan, "dagger_attempts", takeovers)
+        wall["dagger_attempts"] = info["wall_s"]
+        console.print(f"[bold]dagger[/]: {info['successes']} episodes the expert finished from the model's states "
+                      f"(of {d.tasks} tasks; {info['failures']} failed) ")
+        sft_data.append(str(dagger_dir / "data"))
+        dagger_cfg = cfg.train.model_copy(update={"model": export, "epochs": d.epochs, "lr": d.lr, "warmup_steps": 10})
+        info = _stage(stages, plan, "dagger_train", lambda: train(list(sft_data), str(run_dir / "train_dagger"),
+                                                            dagger_cfg, resume=True))
+        wall["dagger_train"] = info["wall_s"]
+        export = info["export"]
+        eval_phase("dagger", export)
+
+    # 4. self-boosting: the model attempts fresh training tasks; verified successes join the data
     boost_dir = run_dir / "boost"
     if "self_boost" in cfg.phases:
         b = cfg.self_boost
@@ -338,13 +374,13 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
         console.print(f"[bold]self-boost[/]: {info['successes']} verified successes, {info['failures']} failures "
                       f"from {b.tasks} tasks × {b.trials} trials")
         boost_cfg = cfg.train.model_copy(update={"model": export, "epochs": b.epochs, "lr": b.lr, "warmup_steps": 10})
-        info = _stage(stages, plan, "self_boost_train", lambda: train([str(data_dir), str(boost_dir / "data")],
+        info = _stage(stages, plan, "self_boost_train", lambda: train([*sft_data, str(boost_dir / "data")],
                                                                 str(run_dir / "train_boost"), boost_cfg, resume=True))
         wall["self_boost_train"] = info["wall_s"]
         export = info["export"]
         eval_phase("self_boost", export)
 
-    # 4. DPO on the model's own success/failure pairs -----------------------------------------
+    # 5. DPO on the model's own success/failure pairs -----------------------------------------
     if "dpo" in cfg.phases:
         from training.dpo import NoPairsError, train_dpo
 
@@ -363,7 +399,7 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
             console.print(f"[bold]dpo[/]: {info['pairs']} pairs, reward accuracy {info['reward_accuracy']:.2f}")
             eval_phase("dpo", export)
 
-    # 5. online RL: the model's own rollouts, the environment's verdict as reward ---------------
+    # 6. online RL: the model's own rollouts, the environment's verdict as reward ---------------
     if "rl" in cfg.phases:
         from training.rl import train_rl
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from data_collection.batch import collect_batch
 from data_collection.card import write_card
 from data_collection.collector import CollectionError, _accept, _commit, _Ledger, _sole_writer
-from data_collection.experts import policy_model
+from data_collection.experts import SERVED_KINDS, policy_model
 from data_collection.fleet import Fleet
 from data_collection.schema import code_version
 from data_collection.store import TrajectoryStore
@@ -49,7 +49,7 @@ def collect_attempts(out: str | Path, env: str, tasks: list[Task], trials: int, 
         todo = [(t * n + a, t * n + min(a + batch, n)) for t in range(trials) for a in range(0, n, batch)]
         todo = [r for r in todo if r not in done]
         stats: Counter = Counter()
-        fleet = Fleet(workers, env, runner, cpus=0.25 if policies[0].get("kind") == "model" else 1) if todo else None
+        fleet = Fleet(workers, env, runner, cpus=0.25 if policies[0].get("kind") in SERVED_KINDS else 1) if todo else None
         try:
             works = [partial(collect_batch, policy=p, id_prefix=f"trial{t}-",
                              provenance={"model": policy_model(p, ""), "code_version": code_version()})

@@ -9,7 +9,7 @@ deterministic in the task, so a re-run batch can never produce a second copy of 
 from __future__ import annotations
 
 from agent.episode import episode_id, run_episode
-from data_collection.experts import build_collect_policy
+from data_collection.experts import SERVED_KINDS, build_collect_policy
 from data_collection.schema import StepRow, episode_rows, rows_table
 from envs.base import Task
 
@@ -31,7 +31,7 @@ def collect_batch(actor, batch: list[tuple[int, Task]], attempt: int = 0, *, pol
     """Run every (index, task); rows of all episodes in one table, in batch order. `id_prefix` keeps
     several attempts at one task apart (self-improvement trials)."""
     pol = prepare(actor, policy)
-    uses_server = policy.get("kind") == "model"  # its policy_error means the server failed
+    uses_server = policy.get("kind") in SERVED_KINDS  # its policy_error means the server failed (not the expert)
     rows: list[StepRow] = []
     outcomes = []
     streak = 0
@@ -52,7 +52,7 @@ def collect_batch(actor, batch: list[tuple[int, Task]], attempt: int = 0, *, pol
         outcomes.append({
             **out, "rows": len(recs), "steps": len(ep.steps), "success": ep.success, "end_reason": ep.end_reason,
             "hash": recs[0].episode_hash if recs else "", "error": ep.error,
-            "server_failed": uses_server and ep.end_reason == "policy_error",
+            "server_failed": uses_server and ep.end_reason == "policy_error" and not ep.error.startswith("expert failed"),
         })
         streak = streak + 1 if outcomes[-1]["server_failed"] else 0
     return {"outcomes": outcomes, "table": rows_table(rows)}

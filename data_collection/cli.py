@@ -22,11 +22,13 @@ def add_collect_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--episodes", type=int, default=1000, help="unique verified episodes wanted in train/")
     s.add_argument("--workers", type=int, default=2, help="Ray collector actors (0: one plain process, no Ray)")
     s.add_argument("--out", default=None, help="dataset directory")
-    s.add_argument("--policy", default="expert", choices=["expert", "gold", "model", "random"])
+    s.add_argument("--policy", default="expert", choices=["expert", "gold", "model", "random", "takeover"],
+                   help="takeover: the model (--model-url) for a random 0..--max-prefix steps, then the expert")
     s.add_argument("--gold", default=None, help="--policy gold: a lam dataset dir or JSONL of action sequences")
     s.add_argument("--model-url", default=None, help="--policy model: OpenAI-compatible /v1 base URL")
     s.add_argument("--model", default="lam-action-model")
     s.add_argument("--temperature", type=float, default=0.0)
+    s.add_argument("--max-prefix", type=int, default=40, help="--policy takeover: most steps the model takes first")
     s.add_argument("--api-key", default=None, help="also read from LAM_API_KEY; never stored")
     s.add_argument("--seed", type=int, default=0, help="policy sampling seed (model, random)")
     s.add_argument("--max-steps", type=int, default=None, help="per episode (default: the environment's own limit)")
@@ -40,12 +42,15 @@ def add_collect_args(s: argparse.ArgumentParser) -> None:
 
 
 def _policy(a) -> dict:
-    if a.policy == "model":
+    if a.policy in ("model", "takeover"):
         if not a.model_url:
-            raise ValueError("--policy model needs --model-url (an OpenAI-compatible /v1 base URL) and --model")
+            raise ValueError(f"--policy {a.policy} needs --model-url (an OpenAI-compatible /v1 base URL) and --model")
+        if a.max_prefix < 0:
+            raise ValueError(f"--max-prefix must be at least 0, not {a.max_prefix}")
         from agent.policy_factory import model_spec
 
-        return model_spec(a.model_url, a.model, a.temperature, a.seed, api_key=a.api_key)
+        spec = model_spec(a.model_url, a.model, a.temperature, a.seed, api_key=a.api_key)
+        return spec if a.policy == "model" else {**spec, "kind": "takeover", "max_prefix": a.max_prefix}
     if a.policy == "gold":
         if not a.gold:
             raise ValueError("--policy gold needs --gold DIR_OR_JSONL (recorded action sequences to replay)")

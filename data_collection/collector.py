@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from data_collection.batch import SERVER_DOWN_STREAK, collect_batch, prepare
 from data_collection.collect_config import CollectConfig
-from data_collection.experts import check_model_endpoint, policy_model
+from data_collection.experts import SERVED_KINDS, check_model_endpoint, policy_model
 from data_collection.fleet import Fleet
 from data_collection.schema import code_version
 from data_collection.store import LEVEL_COUNTERS, TrajectoryStore
@@ -257,7 +257,7 @@ def _collect(cfg: CollectConfig, spec, levels: list[str], limit, resume: bool, p
             provenance = {"model": policy_model(cfg.policy, spec.expert_version), "code_version": code_version(),
                           "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
             # A model policy mostly waits on HTTP: a quarter CPU each lets many share the cores.
-            fleet = Fleet(cfg.workers, cfg.env, runner, cpus=0.25 if cfg.policy.get("kind") == "model" else 1,
+            fleet = Fleet(cfg.workers, cfg.env, runner, cpus=0.25 if cfg.policy.get("kind") in SERVED_KINDS else 1,
                           depth=cfg.depth, niceness=provenance["niceness"], setup=partial(prepare, policy=cfg.policy))
             work = partial(collect_batch, policy=cfg.policy, provenance=provenance)
         actors_ready_s = time.perf_counter() - t0

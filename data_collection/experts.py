@@ -7,6 +7,9 @@
     {"kind": "model", "base_url": URL, "model": NAME, "temperature": 0.0}
                                            any OpenAI-compatible endpoint (a teacher, or the model
                                            being trained: the self-improvement path)
+    {"kind": "takeover", "base_url": URL, "model": NAME, "temperature": 1.0, "max_prefix": 40}
+                                           the model for a random prefix, then the expert from where it
+                                           left off (DAgger data: agent/policies.py TakeoverPolicy)
     {"kind": "random", "seed": 0}          the floor
 
 All of them run through agent.episode.run_episode, so the recorded states are exactly what an agent sees,
@@ -23,7 +26,8 @@ from agent.policies import ModelEndpointError
 from agent.policies import check_model_endpoint as _check
 from agent.policy_factory import PolicySpec, build_policy
 
-POLICY_KINDS = ("expert", "gold", "model", "random")
+POLICY_KINDS = ("expert", "gold", "model", "random", "takeover")
+SERVED_KINDS = ("model", "takeover")  # policies that ask a served model
 
 
 def load_gold(path: str | Path) -> dict[str, list[str]]:
@@ -70,14 +74,15 @@ def collect_policy_spec(spec: dict) -> PolicySpec:
 
 def build_collect_policy(spec: dict):
     """An expert's crash is a labelled policy_error failure, never a dead collector."""
-    return build_policy(collect_policy_spec(spec), on_crash="raise" if spec.get("kind", "expert") == "expert" else None)
+    crashes = spec.get("kind", "expert") in ("expert", "takeover")  # the bot raises on some states
+    return build_policy(collect_policy_spec(spec), on_crash="raise" if crashes else None)
 
 
 def check_model_endpoint(spec: dict) -> None:
     """Before any task runs: a model policy's server answers GET /models and serves spec["model"].
     Otherwise every episode would spend its retries on a dead URL, 20 N + 1000 times over.
     ConnectionError (unreachable, refused key, not an OpenAI server) or ValueError (model not served)."""
-    if spec.get("kind") != "model":
+    if spec.get("kind") not in SERVED_KINDS:
         return
     key = spec.get("api_key") or os.environ.get("LAM_API_KEY")  # as the policy itself resolves it
     try:
@@ -94,6 +99,9 @@ def policy_model(spec: dict, expert_version: str) -> str:
         return expert_version or "expert"
     if kind == "model":
         return f"{spec['model']} @ {spec['base_url']} (T={spec.get('temperature', 0.0)})"
+    if kind == "takeover":
+        return (f"{spec['model']} @ {spec['base_url']} (T={spec.get('temperature', 0.0)}) for up to "
+                f"{spec.get('max_prefix', 12)} steps, then {expert_version or 'the expert'}")
     if kind == "gold":
         return f"gold replay of {spec['path']}"
     return f"random (seed {spec.get('seed', 0)})"

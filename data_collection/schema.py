@@ -63,7 +63,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         ("verified_success", pa.bool_()),  # the environment verified success (at this step)
         ("episode_success", pa.bool_()),  # the environment's final verdict for the episode
         ("end_reason", pa.string()),
-        ("policy", pa.string()),
+        ("policy", pa.string()),  # who chose this step's action: the episode's policy, except in a takeover
         ("model", pa.string()),
         ("episode_hash", pa.string()),  # identical episodes share it (de-duplication)
         ("code_version", pa.string()),
@@ -222,7 +222,7 @@ def episode_rows(
             verified_success=s.verified_success,
             episode_success=ep.success,
             end_reason=ep.end_reason,
-            policy=ep.policy,
+            policy=s.actor or ep.policy,  # per step: who chose the action (a takeover changes hands)
             model=model,
             episode_hash=digest,
             code_version=version,

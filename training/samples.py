@@ -73,16 +73,20 @@ def _check_calls(msg: dict, tools: list[dict], where: str) -> None:
 def episode_conversations(episodes: list[list[StepRow]]) -> list[Conversation]:
     """Each episode's steps (sorted rows of one episode) as conversations; an assistant message is
     learned where the step's action was valid and not blocked by the safety guard (the environment
-    took it); the others stay in the conversation as context, as the agent saw them."""
+    took it); the others stay in the conversation as context, as the agent saw them. In an episode that
+    changed hands (a takeover: the model's steps, then the expert's; the row's `policy` says who chose
+    each action) only the steps of the policy that finished it are learned: the model's are context."""
     convs: list[Conversation] = []
     for ep in episodes:
         rows = [r for r in ep if r.step >= 0 and r.messages]
+        finisher = rows[-1].policy if len({r.policy for r in rows}) > 1 else None
         cur: Conversation | None = None
         for k, r in enumerate(rows):
             msgs, tools = r.chat_messages(), r.chat_tools()
             where = f"episode {r.episode_id} step {r.step}"
             msg = _assistant_message(r, rows[k + 1] if k + 1 < len(rows) else None, msgs)
-            learn = bool(r.valid and r.action and not r.blocked)  # what the environment took
+            # what the environment took, chosen by the policy that finished the episode
+            learn = bool(r.valid and r.action and not r.blocked) and finisher in (None, r.policy)
             if learn:
                 _check_calls(msg, tools, where)
             if cur is not None and cur.tools == tools and msgs[: len(cur.messages)] == cur.messages:

@@ -45,7 +45,10 @@ CHAT_TEMPLATE = (
 # request "to Mae.", the call {"user": "Mae"}, the result "USR357" and the reply), so copying it is
 # a token-for-token copy, and an unseen value is spelled with pieces training has seen.
 WORD_PIECES = r'\{"type": "function"[^\n]*|[A-Za-z_]+|\d|[^A-Za-z_\d\n]+|\n'
-TOKENIZER_STYLES = ("phrases", "words")
+# "spaced": a word with the space after it is one piece (a number too; a newline stands alone), so a
+# colour or an object type is the same token in the request and in every observation line.
+SPACED_PIECES = r"[^ \n]+ ?| +|\n"
+TOKENIZER_STYLES = ("phrases", "words", "spaced")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, max_token_length: int = 24, style: str = "phrases"):
@@ -62,6 +65,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, max_token_leng
     if style == "phrases":
         split = [pre_tokenizers.Split("\n", behavior="merged_with_previous"),
                  pre_tokenizers.Split(Regex(r"\d+"), behavior="merged_with_next")]
+    elif style == "spaced":
+        split = [pre_tokenizers.Split(Regex(SPACED_PIECES), behavior="isolated")]
     else:
         split = [pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated")]
     tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -33,7 +33,7 @@ class TrainConfig(BaseModel):
     # how that tokenizer cuts text before BPE (training/tokenizer.py): "phrases" (long phrase tokens: text
     # worlds), "words" (values stay the same tokens wherever they appear: function calls), "auto" = words
     # when the data has tool-space episodes
-    tokenizer: Literal["auto", "phrases", "words"] = "auto"
+    tokenizer: Literal["auto", "phrases", "words", "spaced"] = "auto"
     # the agent's history window at inference; samples follow the windows the records' conversations
     # were collected with (collection uses the runner default, 8), so keep the two equal
     history_window: int = 8
