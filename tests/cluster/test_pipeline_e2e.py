@@ -73,3 +73,40 @@ def test_pipeline_three_phases_report_each_change(tmp_path, ray_local):
         ch = b["change_vs_previous"]
         assert ch["previous"] == prev and abs(ch["delta"] - d) < 1e-12 and ch["ci95"] == [lo, hi]
         assert f"| {cur} | 8 | " in md and f"{100 * d:+.1f} pp (vs {prev})" in md
+
+
+def test_pipeline_dagger_phase_learns_the_experts_takeover_steps(tmp_path, ray_local):
+    """imitation -> dagger, small: the model starts fresh training tasks, the bot takes over from the state it
+    left; the record names who chose each step, the phase trains on the demonstrations plus only the
+    expert's steps, and the report states the phase's change on the same held-out seeds."""
+    cfg_path = tmp_path / "dagger.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"),
+        "phases": ["imitation", "dagger"],
+        "collect": {"episodes": 40, "workers": 2, "shard_episodes": 20},
+        "train": {"vocab_size": 400, "epochs": 1.0, "tokens_per_batch": 2048, "warmup_steps": 2,
+                  "checkpoint_every": 0, "threads": 2},
+        "dagger": {"tasks": 12, "max_prefix": 6, "workers": 3, "epochs": 0.5},
+        "serve": {"threads": 1, "max_batch_size": 8},
+        "eval": {"episodes": 6, "workers": 3, "max_steps": 24, "baselines": []},
+    }))
+    run_pipeline(load_pipeline_config(cfg_path))
+    run = tmp_path / "run"
+    saved = json.loads((run / "report.json").read_text())
+    assert list(saved["phases"]) == ["imitation", "dagger"]
+    assert saved["phases"]["dagger"]["change_vs_previous"]["previous"] == "imitation"
+    eps = group_episodes(TrajectoryStore(run / "dagger" / "data").read_records("train"))
+    handed = [ep for ep in eps if len({r["policy"] for r in ep}) > 1]
+    assert handed, "some episode changed hands"
+    expert_steps = 0
+    for ep in eps:
+        actors = [r["policy"] for r in ep]
+        k = actors.count("model")
+        assert actors == ["model"] * k + ["expert"] * (len(ep) - k)  # one handover, never back
+        assert replay(ep[0]["level"], ep[0]["seed"], [r["action"] for r in ep if r["action"]]) is True
+        assert ep[-1]["episode_success"] is True
+        # learned: the valid steps of the policy that finished (a model-only success: the model's)
+        expert_steps += sum(1 for r in ep if r["action"] and r["policy"] == ep[-1]["policy"])
+    demo = sum(1 for _ in TrajectoryStore(run / "data").read_records("train"))
+    summary = json.loads((run / "train_dagger" / "summary.json").read_text())
+    assert summary["actions_trained"] == demo + expert_steps
