@@ -45,9 +45,10 @@ CHAT_TEMPLATE = (
 # request "to Mae.", the call {"user": "Mae"}, the result "USR357" and the reply), so copying it is
 # a token-for-token copy, and an unseen value is spelled with pieces training has seen.
 WORD_PIECES = r'\{"type": "function"[^\n]*|[A-Za-z_]+|\d|[^A-Za-z_\d\n]+|\n'
-# "spaced": a word with the space after it is one piece (a number too; a newline stands alone), so a
-# colour or an object type is the same token in the request and in every observation line.
-SPACED_PIECES = r"[^ \n]+ ?| +|\n"
+# "spaced": a word with the space before it is one piece (a number too; a newline stands alone), so a
+# colour or an object type is the same token in the request ("go to the red key") and in every
+# observation line ("a red key 1 step left"), wherever the line ends.
+SPACED_PIECES = r" ?[^ \n]+| +|\n"
 TOKENIZER_STYLES = ("phrases", "words", "spaced")
 
 

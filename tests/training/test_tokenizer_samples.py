@@ -35,3 +35,15 @@ def test_batches_are_deterministic_cover_everything_and_respect_budget():
     assert sorted(i for b in a for i in b) == list(range(len(samples)))
     for b in a:
         assert len(b) == 1 or max(len(samples[i].ids) for i in b) * len(b) <= 600
+
+
+def test_spaced_style_spells_a_word_alike_in_the_request_and_the_view():
+    texts = [f"go to the {c} {t}\nfacing north, carrying nothing\na {c} {t} {k} step left\na wall 2 steps forward"
+             for c in ("red", "green", "blue") for t in ("key", "ball", "box") for k in (1, 2)]
+    tok = train_tokenizer(texts, vocab_size=600, style="spaced")
+    ids = tok("go to the red key\na red key 1 step left", add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in ids]
+    assert pieces.count(" red") == 2 and pieces.count(" key") == 2, pieces
+    assert tok.decode(ids) == "go to the red key\na red key 1 step left"
+    phrases = train_tokenizer(texts, vocab_size=600, style="phrases")  # the default: the request is one token
+    assert " red" not in [phrases.decode([i]) for i in phrases("go to the red key\n", add_special_tokens=False)["input_ids"]]
