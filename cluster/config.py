@@ -136,12 +136,12 @@ class PipelineConfig(_Strict):
                 raise ValueError(f"unknown phase {p!r}; known: {', '.join(known)}")
         if not v or v[0] != "imitation":
             raise ValueError("phases must start with 'imitation'")
-        if sorted(v, key=known.index) != v or len(set(v)) != len(v):
-            raise ValueError(f"phases run once each, in the order {' -> '.join(known)}; got {' -> '.join(v)}")
         if "dpo" in v and "self_boost" not in v:
             raise ValueError("'dpo' needs 'self_boost' first: it learns from the model's own success/failure pairs")
         if "rl" in v and v[-1] != "rl":
             raise ValueError("'rl' is the last phase: it starts from the model every other phase produced")
+        if sorted(v, key=known.index) != v or len(set(v)) != len(v):
+            raise ValueError(f"phases run once each, in the order {' -> '.join(known)}; got {' -> '.join(v)}")
         return v
 
     def check_levels(self) -> None:

@@ -52,3 +52,19 @@ def test_the_factory_builds_a_takeover_of_a_served_model_and_refuses_one_without
     assert isinstance(p, TakeoverPolicy) and p.model.name == "model" and p._max_prefix == 7
     with pytest.raises(KeyError):
         build_policy({"kind": "takeover", "model": "m"})
+
+
+def test_the_pipeline_plans_dagger_after_imitation_and_refuses_it_out_of_order():
+    import pytest
+    from pydantic import ValidationError
+
+    from cluster.config import PipelineConfig, load_pipeline_config
+    from cluster.pipeline import stage_plan
+
+    cfg = load_pipeline_config("configs/recipe.yaml", ["phases=[imitation,dagger,self_boost,dpo]"])
+    plan = list(stage_plan(cfg))
+    assert plan[plan.index("eval_imitation") + 1:][:3] == ["dagger_attempts", "dagger_train", "eval_dagger"]
+    assert stage_plan(cfg)["self_boost_train"]["after"] == ["collect", "dagger_attempts", "self_boost_attempts",
+                                                             "dagger_train"]
+    with pytest.raises(ValidationError, match="in the order imitation -> dagger"):
+        PipelineConfig(phases=["imitation", "self_boost", "dagger"])
