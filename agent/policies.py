@@ -190,7 +190,7 @@ def check_model_endpoint(spec: dict, *, timeout_s: float = 3.0, url_flag: str = 
     caller's user sets. A dead URL otherwise costs every episode its retries before anything is said."""
     import httpx
 
-    if spec.get("kind", "model") != "model":
+    if spec.get("kind", "model") not in ("model", "takeover"):  # the policies that ask a served model
         return
     base = spec["base_url"]
     url = base.rstrip("/") + "/models"

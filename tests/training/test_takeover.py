@@ -68,3 +68,18 @@ def test_the_pipeline_plans_dagger_after_imitation_and_refuses_it_out_of_order()
                                                              "dagger_train"]
     with pytest.raises(ValidationError, match="in the order imitation -> dagger"):
         PipelineConfig(phases=["imitation", "self_boost", "dagger"])
+
+
+def test_lam_collect_takeover_refuses_a_dead_endpoint_in_one_line_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ds"
+    p = subprocess.run([sys.executable, "-m", "cluster.cli", "collect", "--policy", "takeover", "--model-url",
+                        "http://127.0.0.1:9/v1", "--out", str(out), "--workers", "0", "--episodes", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "unreachable" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not out.exists()
+    p = subprocess.run([sys.executable, "-m", "cluster.cli", "collect", "--policy", "takeover", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "needs --model-url" in p.stderr and "Traceback" not in p.stderr
