@@ -13,6 +13,9 @@ from agent.tool_call_format import format_call
 from envs.base import Action, Environment, Task, action_space_of
 
 
+SERVED_KINDS = ("model", "takeover")  # the policy kinds that ask a served model (its endpoint is checked first)
+
+
 class PolicyError(RuntimeError):
     """The policy could not produce any output (e.g. the model server is unreachable)."""
 
@@ -190,7 +193,7 @@ def check_model_endpoint(spec: dict, *, timeout_s: float = 3.0, url_flag: str = 
     caller's user sets. A dead URL otherwise costs every episode its retries before anything is said."""
     import httpx
 
-    if spec.get("kind", "model") not in ("model", "takeover"):  # the policies that ask a served model
+    if spec.get("kind", "model") not in SERVED_KINDS:
         return
     base = spec["base_url"]
     url = base.rstrip("/") + "/models"

@@ -22,7 +22,7 @@ limit. PolicyError (model server unreachable) and the episode's time limit alway
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from agent.planted import FaultyExpertPolicy, PlantedFaultPolicy
@@ -105,8 +105,7 @@ def _bare(s: PolicySpec):
         if not s.base_url or not s.model:
             raise KeyError("base_url" if not s.base_url else "model")
         if s.kind == "takeover":
-            return TakeoverPolicy(_bare(PolicySpec(**{**s.__dict__, "kind": "model"})), seed=int(s.seed),
-                                  max_prefix=int(s.max_prefix))
+            return TakeoverPolicy(_bare(replace(s, kind="model")), seed=int(s.seed), max_prefix=int(s.max_prefix))
         return ModelPolicy(base_url=s.base_url, model=s.model, temperature=float(s.temperature),
                            max_tokens=int(s.max_tokens), seed=int(s.seed), timeout_s=float(s.timeout_s),
                            retries=int(s.retries), api_key=s.api_key or os.environ.get("LAM_API_KEY", "EMPTY"),

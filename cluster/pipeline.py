@@ -347,7 +347,7 @@ def run_pipeline(cfg: PipelineConfig, rerun_changed: bool = False) -> dict:
         info = _stage(stages, plan, "dagger_attempts", takeovers)
         wall["dagger_attempts"] = info["wall_s"]
         console.print(f"[bold]dagger[/]: {info['successes']} episodes the expert finished from the model's states "
-                      f"(of {d.tasks} tasks; {info['failures']} failed) ")
+                      f"(of {d.tasks} tasks; {info['failures']} failed)")
         sft_data.append(str(dagger_dir / "data"))
         dagger_cfg = cfg.train.model_copy(update={"model": export, "epochs": d.epochs, "lr": d.lr, "warmup_steps": 10})
         info = _stage(stages, plan, "dagger_train", lambda: train(list(sft_data), str(run_dir / "train_dagger"),

@@ -22,12 +22,11 @@ import json
 import os
 from pathlib import Path
 
-from agent.policies import ModelEndpointError
+from agent.policies import SERVED_KINDS, ModelEndpointError  # noqa: F401  (SERVED_KINDS re-exported)
 from agent.policies import check_model_endpoint as _check
 from agent.policy_factory import PolicySpec, build_policy
 
 POLICY_KINDS = ("expert", "gold", "model", "random", "takeover")
-SERVED_KINDS = ("model", "takeover")  # policies that ask a served model
 
 
 def load_gold(path: str | Path) -> dict[str, list[str]]:
