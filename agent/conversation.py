@@ -21,15 +21,15 @@ def output_text(output) -> str:
 class TextConversation:
     """Windowed (state, feedback, action) turns rendered by training's renderer."""
 
-    def __init__(self, request: str, window: int) -> None:
-        self.request, self.window = request, window
+    def __init__(self, request: str, window: int, focus: bool = True) -> None:
+        self.request, self.window, self.focus = request, window, focus
         self.turns: list[Turn] = []
 
     def observe(self, obs: Observation, feedback: str) -> None:
         self.turns.append(Turn(state=obs.state, feedback=feedback))
 
     def render(self, space: ActionSpace) -> list[dict]:
-        return render_messages(self.request, self.turns, space.names, self.window)
+        return render_messages(self.request, self.turns, space.names, self.window, self.focus)
 
     def retry(self, output, error: str) -> list[dict]:
         # The retry sees its bad output and why it was rejected; history stays clean.
@@ -82,10 +82,11 @@ class ToolConversation:
         self.messages += [{"role": "tool", "tool_call_id": i, "content": r} for i, r in zip(ids, results)]
 
 
-def conversation_for(space: ActionSpace, request: str, window: int, recent_only: bool = False):
-    """recent_only: memory is switched off (text spaces get it through window=1)."""
+def conversation_for(space: ActionSpace, request: str, window: int, recent_only: bool = False, focus: bool = True):
+    """recent_only: memory is switched off (text spaces get it through window=1); focus: text views are
+    shown focused on the request (agent/prompt.py focus_view)."""
     if space.kind == "text":
-        return TextConversation(request, window)
+        return TextConversation(request, window, focus)
     if space.kind == "tools":
         return ToolConversation(recent_only=recent_only)
     raise ValueError(f"unknown action space kind {space.kind!r}: expected 'text' or 'tools'")

@@ -12,7 +12,7 @@ and ground to one action name; tool spaces keep an OpenAI conversation and groun
 (several per step, executed in order) or a plain-text reply (the space's `message_action`). In
 spaces with `turns` a claim closes a turn and the environment decides whether the episode goes on.
 
-Each part of the harness (memory, feedback, retry, grounding, safety) can be switched off with
+Each part of the harness (memory, feedback, retry, grounding, safety, focus) can be switched off with
 `RunnerConfig(harness_off=[...])` (`lam eval --ablate`); what the whole harness would have refused is
 still counted then (`StepLog.ungrounded`, `StepLog.unsafe`), so every arm is measured by one yardstick.
 
@@ -162,7 +162,8 @@ class EpisodeRunner:
                           task_key=task_key_of(self.task, self.obs))
         remembers = self.cfg.has("memory")
         self.conv = conversation_for(action_space_of(self.env), self.obs.request,
-                                     self.cfg.history_window if remembers else 1, recent_only=not remembers)
+                                     self.cfg.history_window if remembers else 1, recent_only=not remembers,
+                                     focus=self.cfg.has("focus"))
         self.first_state, self.feedback, self.step_index, self.progress = self.obs.state, "", 0, 0.0
         return self.ep
 

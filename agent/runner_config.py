@@ -23,8 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 #   grounding  agent/grounding.py's parsing and validation: only exact action names (text) or tool calls
 #              as written (tools, unchecked) are executed, no aliases, schemas or preconditions
 #   safety     the guard (agent/safety.py): nothing is blocked; what it would have blocked is counted
-HARNESS = ("memory", "feedback", "retry", "grounding", "safety")
-Component = Literal["memory", "feedback", "retry", "grounding", "safety"]
+#   focus      text views shown with the lines most relevant to the request last (agent/prompt.py
+#              focus_view); off: as the environment wrote them
+HARNESS = ("memory", "feedback", "retry", "grounding", "safety", "focus")
+Component = Literal["memory", "feedback", "retry", "grounding", "safety", "focus"]
 
 
 class RunnerConfig(BaseModel):

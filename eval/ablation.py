@@ -7,7 +7,7 @@
 The same policy runs the same tasks (same seeds, trials and sampling) once per arm: `full` (the
 harness as `lam eval` runs it), one arm per named component switched off (`no-feedback`, ...), and
 `no-harness`, every component off: just the model. Components (agent/runner_config.py HARNESS):
-memory, feedback, retry, grounding, safety; `all` names the five. It is an evaluation suite
+memory, feedback, retry, grounding, safety, focus; `all` names the six. It is an evaluation suite
 (eval/suites.py) whose variants are these arms, so it resumes, and its report.json/md/html hold the
 table `ablation_table` builds: success, false success, invalid actions and unsafe actions executed,
 each with a 95% interval, and each arm's change from `full` with a 95% interval.
@@ -29,7 +29,7 @@ METRICS = (
 
 
 def parse_components(text: str) -> list[str]:
-    """`--ablate memory,feedback` -> the components, in HARNESS order; `all` -> all five. One-line errors."""
+    """`--ablate memory,feedback` -> the components, in HARNESS order; `all` -> all six. One-line errors."""
     names = [n.strip() for n in (text or "").split(",") if n.strip()]
     if not names:
         raise ValueError(f"--ablate needs components: {','.join(HARNESS)} or all")

@@ -26,7 +26,7 @@ def add_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--suite", default=None, choices=["success", "robustness", "safety", "faults", "planted"],
                    help="run a suite and write report.json/md/html to --out (without it: the plain evaluation)")
     s.add_argument("--ablate", default=None, metavar="COMPONENTS",
-                   help="harness ablation (eval/ablation.py): memory,feedback,retry,grounding,safety or all; runs "
+                   help="harness ablation (eval/ablation.py): memory,feedback,retry,grounding,safety,focus or all; runs "
                         "the full harness, each one off, and all off, on the same tasks")
     s.add_argument("--safety", default=None, metavar="NAME=LEVEL,...",
                    help="the guard's levels per action name or class, e.g. drop=forbidden (allowed|confirm|forbidden)")

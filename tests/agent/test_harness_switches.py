@@ -120,3 +120,39 @@ def test_tool_world_faulty_expert_needs_feedback_and_the_guard():
     full, blind, loose = totals([]), totals(["feedback"]), totals(["safety"])
     assert full[2] == 0 and loose[2] > 0  # stray removals run only without the guard
     assert blind[0] < full[0] and blind[1] > full[1]  # told nothing, a misnamed call is never fixed
+
+
+def test_focus_puts_the_lines_about_the_request_last_and_off_keeps_the_environments_order():
+    from agent.prompt import focus_view
+
+    view = ("facing west, carrying nothing\na red ball 2 steps left\na blue key 1 step right\n"
+            "a red key 3 steps forward\na wall 1 step forward")
+    # word pairs first ("red ball", "blue key"), then shared words ("red key" shares two), ties in env order
+    assert focus_view("put the red ball next to the blue key", view).split("\n") == [
+        "facing west, carrying nothing", "a wall 1 step forward", "a red key 3 steps forward",
+        "a red ball 2 steps left", "a blue key 1 step right"]
+    assert focus_view("go to the purple box", view) == view  # nothing relevant: untouched
+    assert focus_view("go to the red ball", "a red ball 1 step left") == "a red ball 1 step left"
+
+    class Records(ExpertPolicy):
+        def begin(self, env, task):
+            super().begin(env, task)
+            self.prompts = []
+
+        def act(self, messages, env, step, attempt):
+            self.prompts.append(messages[-1]["content"])
+            return super().act(messages, env, step, attempt)
+
+    on, off = Records(), Records()
+    a, b = _run(on), _run(off, harness_off=["focus"])
+    assert a.success and b.success and [s.action for s in a.steps] == [s.action for s in b.steps]
+    target = a.request.split(" ", 3)[-1]  # "go to the X" -> "X"
+    moved = 0
+    for step, p_on, p_off in zip(a.steps, on.prompts, off.prompts):
+        assert p_off.endswith(step.state)  # off: the view exactly as the environment wrote it
+        shown = p_on.split("\n")[-len(step.state.split("\n")):]
+        assert sorted(shown) == sorted(step.state.split("\n"))  # the same lines, only the order moves
+        if target in step.state:
+            assert target in shown[-1]
+            moved += shown != step.state.split("\n")
+    assert moved > 0

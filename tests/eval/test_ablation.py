@@ -47,7 +47,7 @@ def test_ablation_arms_and_table_in_every_report(tool_ablation):
     rc, out, report = tool_ablation
     assert rc == 0 and list(report["variants"]) == ["full", "no-feedback", "no-safety", "no-harness"]
     table = report["ablation"]["arms"]
-    assert table["no-harness"]["off"] == ["memory", "feedback", "retry", "grounding", "safety"]
+    assert table["no-harness"]["off"] == ["memory", "feedback", "retry", "grounding", "safety", "focus"]
     for arm in table.values():  # every rate with its interval, every arm but full with its change
         for key in ("success", "false_success", "invalid", "unsafe"):
             assert arm[key]["ci95"][0] - 1e-9 <= arm[key]["value"] <= arm[key]["ci95"][1] + 1e-9  # Wilson at k = n
@@ -63,7 +63,7 @@ def test_unknown_harness_component_is_one_line(capsys, tmp_path):
     assert main(["eval", "--ablate", "memory,wings", "--policy", "expert", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lam eval: error: --ablate: unknown harness component(s) wings; known: memory, feedback, retry, "
-                   "grounding, safety (or all)"]
+                   "grounding, safety, focus (or all)"]
     assert main(["eval", "--safety", "drop=never", "--policy", "expert", "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
