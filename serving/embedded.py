@@ -39,6 +39,7 @@ from . import decode_attention, kv_cache
 from .backend_api import (BackendClosedError, BackendError, Choice, EventCallback, GenerationResult,
                           PromptValidationError, QueueFullError, SamplingParams)
 from .chat_format import encode_text, render_chat_text, template_supports_tools
+from .value_marks import read_settings
 from .engine_options import (check_packed_prefill, resolve_device_dtype, resolve_prefill_thread,
                              resolve_replicas)
 from .engine_stats import EngineStats
@@ -67,6 +68,8 @@ class EmbeddedBackend:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model_dir = model_dir
+        # a model trained on the marked view (lam_chat.json): the chat route renders and expands it
+        self.value_marks = bool(read_settings(model_dir).get("value_marks", False))
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.max_new_tokens_limit = max_new_tokens_limit
         self.device, self.dtype = resolve_device_dtype(device, dtype)

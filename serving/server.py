@@ -16,6 +16,7 @@ import sys
 
 from .launch import default_model_name
 from .model_dir import ModelDirError, check_model_dir
+from .value_marks import read_settings
 
 log = logging.getLogger("serving")
 BACKENDS = ("auto", "transformers", "vllm")
@@ -52,6 +53,17 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, backend: st
     kind = resolve_backend(backend, vllm_bin)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
+    try:
+        marked = read_settings(model_dir).get("value_marks", False)
+    except ValueError as e:
+        raise SystemExit(f"Error: {e}") from None
+    if kind == "vllm" and marked and backend == "auto":
+        log.info("%s was trained with value marks: serving it with the transformers backend", model_dir)
+        kind = "transformers"
+    if kind == "vllm" and marked:
+        # `vllm serve` renders and parses by itself: it would feed the model unmarked prompts and hand out `$2`
+        raise SystemExit(f"Error: {model_dir} was trained with value marks (its lam_chat.json), which only the "
+                         "embedded backend renders and expands; serve it with --backend transformers")
     if kind == "vllm":
         return _serve_vllm(model_dir, host, port, name, api_key, max_batch_size, vllm_bin, chat_template, no_chat)
 

@@ -165,6 +165,7 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     from training.export import export_hf
     from training.metrics import MultiLogger
     from training.model import ActionLoss, build_model
+    from serving.value_marks import read_settings
     from training.tokenizer import ChatEncoder, load_tokenizer
 
     out = Path(out_dir)
@@ -186,7 +187,8 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
     out.mkdir(parents=True, exist_ok=True)
     (out / "dpo_config.json").write_text(cfg.model_dump_json(indent=1))
     tok = load_tokenizer(model_dir)
-    enc = ChatEncoder(tok)
+    marks = read_settings(model_dir).get("value_marks", False)  # the base model's view, kept
+    enc = ChatEncoder(tok, value_marks=marks)
     names = get_env_spec(rows[0].env).factory().action_names()
     encoded = [(_episode_samples(g, enc, names, cfg.history_window, cfg.max_seq_len),
                 _episode_samples(b, enc, names, cfg.history_window, cfg.max_seq_len)) for g, b in pairs]
@@ -240,7 +242,7 @@ def train_dpo(data_dirs: list[str], model_dir: str, out_dir: str, cfg: DPOConfig
                 epoch, pos = epoch + 1, 0
     save()
     export = out / "export"
-    export_hf(engine, policy.lm, tok, export, zero_stage=cfg.zero_stage)
+    export_hf(engine, policy.lm, tok, export, zero_stage=cfg.zero_stage, value_marks=marks)
     logger.close()
     summary = {"pairs": len(pairs), "steps": step, "final_loss": last,
                "reward_accuracy": sum(accs[-50:]) / max(1, len(accs[-50:])), "wall_s": time.perf_counter() - t0,

@@ -173,13 +173,15 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
     from training.metrics import MultiLogger
     from training.model import ActionLoss, build_model
     from training.rl_server import served_policy
+    from serving.value_marks import read_settings
     from training.tokenizer import ChatEncoder, load_tokenizer
 
     out, t_start = Path(out_dir), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "rl_config.json").write_text(cfg.model_dump_json(indent=1))
     tok = load_tokenizer(model_dir)
-    enc = ChatEncoder(tok)
+    marks = read_settings(model_dir).get("value_marks", False)  # the base model's view, kept
+    enc = ChatEncoder(tok, value_marks=marks)
     policy = ActionLoss(build_model(model_dir, len(tok)))
     reference = frozen_copy(policy)  # the model the phase started from: its KL anchor
     engine = optimizer_engine(policy, cfg.lr, cfg.zero_stage, cfg.episodes_per_step)
@@ -197,7 +199,7 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
         # the first rollouts sample the checkpoint's weights (resumed) or --model's; the server may hold others
         # (the start, a killed iteration's, another run's pushes): serve ours first
         if it > 0 or not srv.serves(model_dir):
-            export_hf(engine, policy.lm, tok, weights, zero_stage=cfg.zero_stage)
+            export_hf(engine, policy.lm, tok, weights, zero_stage=cfg.zero_stage, value_marks=marks)
             srv.push(str(weights), f"rl-iter-{it}")
         while it < cfg.iterations:
             it += 1
@@ -208,7 +210,7 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
             adv, informative, groups = group_advantages(rewards, [ep[0].task_id for ep in episodes])
             stats = update(engine, reference, episodes, adv, enc, tok.pad_token_id, cfg, it)
             t2 = time.perf_counter()
-            export_hf(engine, policy.lm, tok, weights, zero_stage=cfg.zero_stage)
+            export_hf(engine, policy.lm, tok, weights, zero_stage=cfg.zero_stage, value_marks=marks)
             card = srv.push(str(weights), f"rl-iter-{it}")
             wins = sum(bool(ep[-1].episode_success) for ep in episodes)
             record = {"iteration": it, "episodes": len(episodes), "successes": wins,
@@ -227,7 +229,7 @@ def train_rl(model_dir: str, out_dir: str, cfg: RLConfig, model_url: str | None 
                     shutil.rmtree(old, ignore_errors=True)
             log(_line(record))
     export = out / "export"
-    export_hf(engine, policy.lm, tok, export, zero_stage=cfg.zero_stage)
+    export_hf(engine, policy.lm, tok, export, zero_stage=cfg.zero_stage, value_marks=marks)
     logger.close()
     first, last = history[0], history[-1]
     summary = {"iterations": it, "export": str(export), "wall_s": time.perf_counter() - t_start,

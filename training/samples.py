@@ -23,7 +23,7 @@ import torch
 from agent.tool_call_format import format_call_raw
 from data_collection.schema import StepRow
 from serving.chat_format import parse_tool_calls
-from training.tokenizer import ChatEncoder, SampleError  # noqa: F401  (ChatEncoder re-exported)
+from training.tokenizer import TOOLS_HEAD, TOOLS_TAIL, ChatEncoder, SampleError, signature_line  # noqa: F401
 
 
 @dataclass
@@ -104,7 +104,8 @@ def episode_conversations(episodes: list[list[StepRow]]) -> list[Conversation]:
 
 def tokenizer_texts(convs: list[Conversation]) -> list[str]:
     """What a from-scratch tokenizer learns its merges from: message contents (all a text space has,
-    so BabyAI's tokenizer is what it always was), plus tool calls and tool schemas as the template writes them."""
+    so BabyAI's tokenizer is what it always was), plus tool calls and the tools' system text as the template
+    writes them."""
     import json
 
     texts, seen_tools = [], set()
@@ -117,7 +118,7 @@ def tokenizer_texts(convs: list[Conversation]) -> list[str]:
         key = json.dumps(c.tools, sort_keys=True)
         if c.tools and key not in seen_tools:
             seen_tools.add(key)
-            texts += [json.dumps(t, ensure_ascii=False) for t in c.tools]
+            texts += [TOOLS_HEAD + "".join(signature_line(t) for t in c.tools) + TOOLS_TAIL]
     return texts
 
 

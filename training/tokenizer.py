@@ -15,7 +15,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 ROLES = ("system", "user", "assistant", "tool")
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>"] + [f"<|{r}|>" for r in ROLES]
 # Every message is <|role|>content<|end|> (text conversations render exactly as before tools existed).
-# With tools (Hermes style, as Qwen's template): the system message lists them as JSON in <tools>, an
+# With tools (Hermes style, as Qwen's template): the system message lists them in <tools>, one signature
+# per line, `name(param: type, optional?: type)`; descriptions are left out: a model trained from scratch
+# has no language to read them with, and they made a tool-world sample ~3x longer (bench/RESULTS.md). An
 # assistant's calls follow its content as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, and
 # results come back as messages of the tool role. serving/chat_format.py parses the calls back.
 # One line, no whitespace control: every character outside the tags is output, newlines come from
@@ -28,7 +30,13 @@ CHAT_TEMPLATE = (
     "{% if tools %}<|system|>"
     "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"
     "{% set ns.skip = true %}{% endif %}"
-    "{{ " + repr(TOOLS_HEAD) + " }}{% for t in tools %}{{ (t | tojson) + '\\n' }}{% endfor %}"
+    "{{ " + repr(TOOLS_HEAD) + " }}{% for t in tools %}"
+    "{% set f = t['function'] if t['function'] is defined else t %}"
+    "{% set p = f['parameters'] if f['parameters'] is defined and f['parameters'] else {} %}"
+    "{% set req = p['required'] if p['required'] is defined and p['required'] else [] %}"
+    "{{ f['name'] }}({% for k, v in (p['properties'] if p['properties'] is defined and p['properties'] else {}).items() %}"
+    "{{ k }}{% if k not in req %}?{% endif %}: {{ v['type'] if v['type'] is defined else 'any' }}"
+    "{% if not loop.last %}, {% endif %}{% endfor %}{{ ')\\n' }}{% endfor %}"
     "{{ " + repr(TOOLS_TAIL) + " }}<|end|>{% endif %}"
     "{% for m in messages %}{% if not (loop.first and ns.skip) %}"
     "<|{{ m['role'] }}|>{{ m['content'] or '' }}"
@@ -39,12 +47,22 @@ CHAT_TEMPLATE = (
 )
 
 
-# "words": a tool schema line (as the template writes it) is one piece, so BPE compresses the constant
-# schemas into long phrases; everywhere else a word ([A-Za-z_]+), each digit, and each run of other
+def signature_line(tool: dict) -> str:
+    """One tool as CHAT_TEMPLATE lists it (tokenizer training texts use this; the template is what renders)."""
+    f = tool.get("function", tool)
+    p = f.get("parameters") or {}
+    req = p.get("required") or []
+    args = ", ".join(f"{k}{'' if k in req else '?'}: {v.get('type', 'any') if isinstance(v, dict) else 'any'}"
+                     for k, v in (p.get("properties") or {}).items())
+    return f"{f['name']}({args})\n"
+
+
+# "words": a tool signature line (as the template writes it) is one piece, so BPE compresses the constant
+# signatures into long phrases; everywhere else a word ([A-Za-z_]+), each digit, and each run of other
 # characters are pieces of their own. A value is then the same tokens wherever it appears (the
 # request "to Mae.", the call {"user": "Mae"}, the result "USR357" and the reply), so copying it is
 # a token-for-token copy, and an unseen value is spelled with pieces training has seen.
-WORD_PIECES = r'\{"type": "function"[^\n]*|[A-Za-z_]+|\d|[^A-Za-z_\d\n]+|\n'
+WORD_PIECES = r'\{"type": "function"[^\n]*|[A-Za-z_]\w*\([\w?:, ]*\)\n|[A-Za-z_]+|\d|[^A-Za-z_\d\n]+|\n'
 # "spaced": a word with the space before it is one piece (a number too; a newline stands alone), so a
 # colour or an object type is the same token in the request ("go to the red key") and in every
 # observation line ("a red key 1 step left"), wherever the line ends.
@@ -102,7 +120,7 @@ class ChatEncoder:
     template (the project's, or a Hugging Face model's via `apply_chat_template(..., tools=...)`): no
     special token is ever looked up by name, so none can silently become <unk>."""
 
-    def __init__(self, tokenizer, name: str = "the tokenizer", verify_every: int = 64) -> None:
+    def __init__(self, tokenizer, name: str = "the tokenizer", verify_every: int = 64, value_marks: bool = False) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise SampleError(f"{name} has no chat template: training renders every sample through the model's "
                               "own template (add a chat_template to its tokenizer_config.json)")
@@ -110,6 +128,7 @@ class ChatEncoder:
         self.unk_id = tokenizer.unk_token_id
         self._tools_ok: bool | None = None
         self.verify_every, self._seen = verify_every, 0
+        self.value_marks = value_marks  # render the marked view (serving/value_marks.py), as the server does
 
     def _check_tools(self, where: str) -> None:
         from serving.chat_format import template_supports_tools
@@ -136,6 +155,10 @@ class ChatEncoder:
             self._check_tools(where)
         try:
             msgs, tools = template_inputs(conv.messages, conv.tools)
+            if self.value_marks and tools:  # tool conversations only: a text action copies no value
+                from serving.value_marks import marked_view
+
+                msgs = marked_view(msgs)[0]
             texts = [render_chat_text(self.tok, msgs, tools, add_generation_prompt=False)]
             for a in conv.labeled:
                 texts += [render_chat_text(self.tok, msgs[:a], tools, add_generation_prompt=True),

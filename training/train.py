@@ -44,6 +44,10 @@ class TrainConfig(BaseModel):
     # weight of the language-model loss on the conversation's other tokens (requests, results), next to
     # the action tokens' weight 1 (training/model.py ActionLoss); 0 = actions only
     context_loss_weight: float = Field(0.0, ge=0.0, le=1.0)
+    # the model sees values tagged with numbered marks and writes a mark where a value goes; the server
+    # expands it (serving/value_marks.py). For tool worlds whose arguments copy unseen names. A model
+    # directory trained with marks (its lam_chat.json) keeps them whatever this says.
+    value_marks: bool = False
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -138,6 +142,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     from training.metrics import MultiLogger
     from training.model import ActionLoss, build_model
     from training.samples import collate, episode_conversations, make_batches, tokenizer_texts
+    from serving.value_marks import read_settings
     from training.tokenizer import ChatEncoder, SampleError, load_tokenizer, train_tokenizer
     from training.zero_config import deepspeed_config
 
@@ -154,9 +159,12 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
         raise SampleError(f"no step in {', '.join(dirs)} has a valid action with a stored conversation to learn")
     sample_report: dict = {}
     own_tokenizer = Path(cfg.model).is_dir()
+    marks = cfg.value_marks
     if own_tokenizer:  # the model's own tokenizer and chat template; checked before OUT is made
         tokenizer = load_tokenizer(cfg.model)
-        samples = _samples(convs, ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}"), cfg, sample_report)
+        marks = cfg.value_marks or read_settings(cfg.model).get("value_marks", False)
+        samples = _samples(convs, ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}", value_marks=marks),
+                           cfg, sample_report)
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known good: a refused run leaves no OUT
 
     tok_dir = out / "tokenizer"
@@ -169,7 +177,8 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
                 deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
                 torch.distributed.barrier()
         tokenizer = load_tokenizer(tok_dir)
-        samples = _samples(convs, ChatEncoder(tokenizer, name="the project tokenizer"), cfg, sample_report)
+        samples = _samples(convs, ChatEncoder(tokenizer, name="the project tokenizer", value_marks=marks), cfg,
+                           sample_report)
     if sample_report["actions_dropped_too_long"] and rank == 0:
         print(f"lam train: {sample_report['actions_dropped_too_long']} actions past max_seq_len={cfg.max_seq_len} "
               "are not trained on (their samples end before them; counted in summary.json)", flush=True)
@@ -270,7 +279,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     export_dir = out / "export"
     if peft_model is not None:  # serve a plain model: the adapters folded into the base weights
         lm = lora.merged(peft_model, out / "adapter" if rank == 0 else None)
-    export_hf(engine, lm, tokenizer, export_dir, zero_stage=cfg.zero_stage, rank=rank)
+    export_hf(engine, lm, tokenizer, export_dir, zero_stage=cfg.zero_stage, rank=rank, value_marks=marks)
     summary = {
         "steps": step,
         "total_steps": total_steps,

@@ -21,6 +21,7 @@ from ..generation_io import (EventStream, finished, results, sse, stream_respons
                              usage)
 from ..request_checks import check_auth, output_grammar, parse_body, sampling, supports_tools
 from ..schemas import ChatCompletionRequest
+from ..value_marks import expand_reply, marked_view
 
 router = APIRouter()
 
@@ -45,6 +46,10 @@ async def chat_completions(request: Request):
     except MessageError as e:
         raise APIError(400, str(e), param=e.param)
     tools = tools_for_template(req.tools) if use_tools else None
+    # a model trained on the marked view gets it here too, and its marks are expanded before the client sees them
+    marks = None
+    if tools and getattr(backend, "value_marks", False):  # tool conversations only, as in training
+        messages, marks = marked_view(messages)
     if tools and not supports_tools(backend):
         # no system-prompt stand-in: the model is served tools only as its template renders them
         # (as it was trained, training/samples.py), never in a form it has not seen
@@ -67,6 +72,8 @@ async def chat_completions(request: Request):
 
     def message(choice) -> tuple[dict, str]:
         content, calls = (parse_tool_calls(choice.text) if use_tools else (choice.text, []))
+        if marks is not None:
+            content, calls = expand_reply(content, calls, marks, tools)
         if want_json and content is not None:
             content = extract_json_object(content)
         msg = {"role": "assistant", "content": content}
@@ -75,7 +82,7 @@ async def chat_completions(request: Request):
         return msg, ("tool_calls" if calls else choice.finish_reason)
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    if req.stream and not (use_tools or want_json):
+    if req.stream and not (use_tools or want_json or marks is not None):
         es = EventStream()
         handles = submit_all(backend, [(prompt_ids, params, "messages")], max_param, es)
 

@@ -19,6 +19,7 @@ from envs.base import Task
 from envs.registry import make_env
 from serving.embedded import EmbeddedBackend
 from serving.openai_server import create_app
+from serving.value_marks import read_settings, write_settings
 from tests.agent.toy_tools import NotesEnv
 from tests.training.chatml_model import PLAIN_TEMPLATE, build_chatml_model, chatml_tokenizer
 from training.samples import Conversation, build_samples, episode_conversations, tokenizer_texts
@@ -57,11 +58,13 @@ def _save_project_model(root: Path, texts: list[str], style: str = "phrases") ->
     return root
 
 
-@pytest.fixture(scope="module", params=["project", "project-words", "chatml"])
+@pytest.fixture(scope="module", params=["project", "project-words", "project-words-marks", "chatml"])
 def model_dir(request, episodes, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     if request.param.startswith("project"):
-        return _save_project_model(root, _texts(episodes), "words" if request.param.endswith("words") else "phrases")
+        root = _save_project_model(root, _texts(episodes), "words" if "words" in request.param else "phrases")
+        write_settings(root, value_marks=request.param.endswith("marks"))  # as training's export does
+        return root
     return build_chatml_model(root, _texts(episodes), max_positions=32768)
 
 
@@ -95,7 +98,7 @@ def test_served_prompt_is_the_training_prefix_and_labels_are_the_actions(env, ep
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    encoder = ChatEncoder(tok)
+    encoder = ChatEncoder(tok, value_marks=read_settings(model_dir).get("value_marks", False))
     backend = Recording(EmbeddedBackend(str(model_dir), num_threads=1, max_new_tokens_limit=4))
     try:
         with TestClient(create_app(backend, "m")) as client:
@@ -111,6 +114,8 @@ def test_served_prompt_is_the_training_prefix_and_labels_are_the_actions(env, ep
                     ids, labels, spans = encoded[k]
                     start, end = spans[convs[k].labeled.index(len(msgs))]
                     assert _served_prompt(client, backend, row) == ids[:start]
+                    if encoder.value_marks and env == "toolworld":  # both sides really render the marked view
+                        assert "[$1]" in tok.decode(ids[:start])
                     action = tok.decode(ids[start:end])
                     if env == "babyai":
                         assert action.startswith(row.action)
