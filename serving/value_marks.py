@@ -22,7 +22,9 @@ What counts as a value (general lexical rules, no environment's vocabulary):
   - in JSON text (tool results): every string or number that is not an object key; a string with spaces is
     also read as prose (its values marked inside), a path is marked by its components;
   - in prose (user turns, non-JSON results): quoted spans ('...' or "..."), numbers, and words that carry a
-    digit, an underscore, '@' or an inner '.', are in capitals (2+ letters), or are capitalized mid-sentence.
+    digit, an underscore, '@' or an inner '.', are in capitals (2+ letters), or are capitalized mid-sentence;
+    in a user turn also a plain word that ends its clause ("Put it in archive."), where an imperative puts its
+    object (only such words: marking every word gave the model a distractor beside each value).
 
 Only tool conversations (a request that carries tools) get the view: a text-space action is a name from a
 fixed list and copies nothing. A model directory trained with marks carries `lam_chat.json` {"value_marks": true}; the server reads it.
@@ -41,7 +43,7 @@ _JSON_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?|(?<![\w.])(-?\d+(?:\.\d+)?
 _QUOTED = re.compile(r"'([^'\n]{1,80})'|\"([^\"\n]{1,80})\"")
 _WORD = re.compile(r"[A-Za-z0-9_@./+-]+")
 _BOUNDARY = r"(?<![A-Za-z0-9_]){}(?![A-Za-z0-9_])"
-# English function words: never a value in a user turn (every other word may be one: a folder called "logs")
+# English function words: never a value, even at the end of a clause
 STOPWORDS = frozenset("""a an the and or but if then than so to of in on at by for from with into onto about as
 is are was were be been am do does did have has had it its this that these those my me i you your we our
 they their he she his her him them what which who whom whose when where why how all any each some no not
@@ -126,7 +128,8 @@ class MarkTable:
 
 # -- finding values ------------------------------------------------------------------------------------
 def _prose_spans(text: str, base: int = 0, loose: bool = False) -> list[tuple[int, int, str, bool]]:
-    """Values in prose. loose (user turns): every word but function words and sentence-initial capitals."""
+    """Values in prose. loose (user turns): also a plain word that ends its clause ("move it to archive."),
+    where an imperative request puts its object, unless it is a function word."""
     spans: list[tuple[int, int, str, bool]] = []
     taken: list[tuple[int, int]] = []
     for m in _QUOTED.finditer(text):
@@ -143,13 +146,19 @@ def _prose_spans(text: str, base: int = 0, loose: bool = False) -> list[tuple[in
         start = m.start() + m.group(0).index(word)
         before = text[:start].rstrip()
         initial = not before or before[-1] in ".!?:\n"
+        final = re.match(r"\s*(?:[.,;:!?]|$)", text[start + len(word):]) is not None  # ends its clause
         numeric = re.fullmatch(r"-?\d+(?:\.\d+)?", word) is not None
         special = (numeric or any(c.isdigit() or c in "_@" for c in word) or "." in word
                    or (len(word) >= 2 and word.isupper()) or (word[0].isupper() and not initial)
-                   or (loose and word.lower() not in STOPWORDS and not (initial and word[0].isupper())))
+                   or (loose and final and word.lower() not in STOPWORDS and not initial))
         if special:
             spans.append((base + start, base + start + len(word), word, numeric))
     return spans
+
+
+def prose_values(text: str, loose: bool = False) -> list[tuple[str, bool]]:
+    """(value, numeric) of each value in prose, in order (loose: the rules of a user turn)."""
+    return [(v, n) for _, _, v, n in _prose_spans(text, loose=loose)]
 
 
 def _json_spans(text: str) -> list[tuple[int, int, str, bool]] | None:

@@ -48,6 +48,9 @@ class TrainConfig(BaseModel):
     # expands it (serving/value_marks.py). For tool worlds whose arguments copy unseen names. A model
     # directory trained with marks (its lam_chat.json) keeps them whatever this says.
     value_marks: bool = False
+    # fraction of the tool conversations trained with their values respelled at random (training/value_renaming.py):
+    # what the model learns about pointing at values cannot then hang on the names the training split happens to use
+    rename_values: float = Field(0.0, ge=0.0, le=1.0)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -158,12 +161,15 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     if not convs:
         raise SampleError(f"no step in {', '.join(dirs)} has a valid action with a stored conversation to learn")
     sample_report: dict = {}
+    from training.value_renaming import renamed
+
+    shown = renamed(convs, cfg.rename_values, cfg.seed)  # what samples are built from; the tokenizer learns `convs`
     own_tokenizer = Path(cfg.model).is_dir()
     marks = cfg.value_marks
     if own_tokenizer:  # the model's own tokenizer and chat template; checked before OUT is made
         tokenizer = load_tokenizer(cfg.model)
         marks = cfg.value_marks or read_settings(cfg.model).get("value_marks", False)
-        samples = _samples(convs, ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}", value_marks=marks),
+        samples = _samples(shown, ChatEncoder(tokenizer, name=f"the tokenizer of {cfg.model}", value_marks=marks),
                            cfg, sample_report)
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known good: a refused run leaves no OUT
 
@@ -177,7 +183,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
                 deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
                 torch.distributed.barrier()
         tokenizer = load_tokenizer(tok_dir)
-        samples = _samples(convs, ChatEncoder(tokenizer, name="the project tokenizer", value_marks=marks), cfg,
+        samples = _samples(shown, ChatEncoder(tokenizer, name="the project tokenizer", value_marks=marks), cfg,
                            sample_report)
     if sample_report["actions_dropped_too_long"] and rank == 0:
         print(f"lam train: {sample_report['actions_dropped_too_long']} actions past max_seq_len={cfg.max_seq_len} "

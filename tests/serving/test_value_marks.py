@@ -28,9 +28,9 @@ def test_request_values_are_marked_and_function_words_are_not():
     t = MarkTable()
     text = annotate("Buy 35 shares of TOLY at 683.44. Then move the file notes_3.md to the folder logs.", t,
                     prose_only=True)
-    assert "TOLY [$3]" in text and "683.44 [$4]" in text and "notes_3.md [$" in text and "logs [$" in text
-    assert "Buy [" not in text and "the [" not in text and "to [" not in text  # sentence-initial, function words
-    assert t.values[:4] == ["35", "shares", "TOLY", "683.44"] and t.numeric[0] and not t.numeric[1]
+    assert text == ("Buy 35 [$1] shares of TOLY [$2] at 683.44 [$3]. Then move the file notes_3.md [$4] to the "
+                    "folder logs [$5].")  # a plain word is a value where it ends its clause; never "Buy", "the"
+    assert t.values == ["35", "TOLY", "683.44", "notes_3.md", "logs"] and t.numeric[:3] == [True, False, True]
 
 
 def test_tool_results_mark_leaves_not_keys_and_paths_by_component():
@@ -69,11 +69,11 @@ def test_a_reply_expands_to_typed_values_and_unknown_marks_stay():
     t = MarkTable()
     annotate("Buy 35 shares of TOLY at 683.44.", t, prose_only=True)
     calls = [{"id": "c", "type": "function", "function": {"name": "place_order",
-                                                          "arguments": '{"symbol": "$3", "price": "$4", "amount": "$1"}'}}]
-    content, out = expand_reply("Buying $3 for $4, not $9.", calls, t, TOOLS)
+                                                          "arguments": '{"symbol": "$2", "price": "$3", "amount": "$1"}'}}]
+    content, out = expand_reply("Buying $2 for $3, not $9.", calls, t, TOOLS)
     assert json.loads(out[0]["function"]["arguments"]) == {"symbol": "TOLY", "price": 683.44, "amount": 35}
     assert content == "Buying TOLY for 683.44, not $9."
-    _, bad = expand_reply(None, [{**calls[0], "function": {"name": "place_order", "arguments": "not json $3"}}], t, TOOLS)
+    _, bad = expand_reply(None, [{**calls[0], "function": {"name": "place_order", "arguments": "not json $2"}}], t, TOOLS)
     assert bad[0]["function"]["arguments"] == "not json TOLY"  # left for grounding to reject, values expanded
 
 
