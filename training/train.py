@@ -147,6 +147,7 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     from training.samples import collate, episode_conversations, make_batches, tokenizer_texts
     from serving.value_marks import read_settings
     from training.tokenizer import ChatEncoder, SampleError, load_tokenizer, train_tokenizer
+    from training.value_renaming import renamed
     from training.zero_config import deepspeed_config
 
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
@@ -161,8 +162,6 @@ def train(data_dir: str | list[str], out_dir: str, cfg: TrainConfig, resume: boo
     if not convs:
         raise SampleError(f"no step in {', '.join(dirs)} has a valid action with a stored conversation to learn")
     sample_report: dict = {}
-    from training.value_renaming import renamed
-
     shown = renamed(convs, cfg.rename_values, cfg.seed)  # what samples are built from; the tokenizer learns `convs`
     own_tokenizer = Path(cfg.model).is_dir()
     marks = cfg.value_marks

@@ -82,7 +82,7 @@ async def chat_completions(request: Request):
         return msg, ("tool_calls" if calls else choice.finish_reason)
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    if req.stream and not (use_tools or want_json or marks is not None):
+    if req.stream and not (use_tools or want_json):  # (marks only come with tools)
         es = EventStream()
         handles = submit_all(backend, [(prompt_ids, params, "messages")], max_param, es)
 
